@@ -1,1 +1,9 @@
+"""Model zoo: a timm-style registry plus MobileNetV1/V2, YOLOv3 and UNet."""
 
+from ._registry import create_model as create_model
+from ._registry import list_models as list_models
+from ._registry import register_model as register_model
+from .mobilenetv1 import MobileNetV1 as MobileNetV1
+from .mobilenetv2 import MobileNetV2 as MobileNetV2
+from .unet import UNet as UNet
+from .yolov3 import YOLOv3 as YOLOv3
