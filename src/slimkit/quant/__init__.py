@@ -1,1 +1,15 @@
+"""INT8 post-training quantization: ONNX export, streaming calibration, QDQ writing, ORT runtime.
 
+Importing this package is light: onnx, onnxruntime and torch are imported inside the functions
+that need them.
+"""
+
+from .api import QuantResult as QuantResult
+from .api import quantize as quantize
+from .config import QuantConfig as QuantConfig
+from .export import check_onnx_matches_torch as check_onnx_matches_torch
+from .export import export_onnx as export_onnx
+from .ranges import kl_threshold as kl_threshold
+from .ranges import minmax_threshold as minmax_threshold
+from .ranges import percentile_threshold as percentile_threshold
+from .runtime import OrtModel as OrtModel
