@@ -1,0 +1,334 @@
+"""Deterministic generators of slimkit's built-in datasets, written in the standard on-disk layouts.
+
+The images are coloured geometric shapes on dark, textured, noisy backgrounds with thin clutter
+lines; each shape differs by at least 80 luma levels from the background around it (nearly always
+brighter). Shape hue, size, position, rotation and stretch are random and independent of the
+class, so only the shape itself identifies it. Every image is drawn from its own generator seeded
+by ``(seed, task, split, index)``: the same arguments (and the same numpy/Pillow versions) give
+byte-identical files.
+
+Layouts (``DIR`` is ``out_dir``; images are named ``<split>_<index:05d>``):
+
+* cls (PaddleX ImageNet)::
+
+      DIR/labels.txt                      circle, square, triangle, cross (one per line)
+      DIR/train_list.txt, val_list.txt    "circle/train_00000.jpg 0"
+      DIR/<class>/<split>_<i>.jpg
+
+* det (Pascal VOC plus COCO for the same images)::
+
+      DIR/labels.txt                      circle, square, triangle
+      DIR/train_list.txt, val_list.txt    "JPEGImages/train_00000.jpg Annotations/train_00000.xml"
+      DIR/JPEGImages/<split>_<i>.jpg
+      DIR/Annotations/<split>_<i>.xml     VOC boxes, 1-based inclusive; tiny objects difficult=1
+      DIR/annotations/instances_train.json, instances_val.json
+                                          COCO instances of the same images: image ids 1..N in
+                                          list order, file_name "JPEGImages/<split>_<i>.jpg"
+                                          (relative to DIR), category ids 1..3, difficult
+                                          objects iscrowd=1
+
+* seg (PaddleX seg)::
+
+      DIR/labels.txt                      background, circle, square, triangle
+      DIR/train_list.txt, val_list.txt    "images/train_00000.jpg labels/train_00000.png"
+      DIR/images/<split>_<i>.jpg
+      DIR/labels/<split>_<i>.png          palette PNG of class indices (0 = background)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ._shapes import (
+    Shape,
+    background,
+    contrasting_colour,
+    coverage,
+    finish,
+    local_mean,
+    paint,
+    tight_box,
+)
+
+CLS_CLASSES = ("circle", "square", "triangle", "cross")
+DET_CLASSES = ("circle", "square", "triangle")
+SEG_CLASSES = ("background", "circle", "square", "triangle")
+DEFAULTS = {"cls": (600, 200, 64), "det": (400, 100, 128), "seg": (300, 100, 64)}
+"""Per task: default (num_train, num_val, image_size)."""
+
+_SPLITS = ("train", "val")
+_JPEG_QUALITY = 95
+_PALETTE = [0, 0, 0, 220, 20, 60, 0, 160, 0, 30, 144, 255] + [0] * (3 * 251) + [255, 255, 255]
+
+
+def make_dataset(
+    task: str,
+    out_dir: str | os.PathLike,
+    num_train: int | None = None,
+    num_val: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, str]:
+    """Writes a built-in dataset to ``out_dir`` in the standard layout of its task.
+
+    Args:
+        task: ``"cls"``, ``"det"`` or ``"seg"``.
+        out_dir: Output folder (created; existing files of the same names are overwritten).
+        num_train: Training images (default per task in `DEFAULTS`: 600 / 400 / 300).
+        num_val: Validation images (default 200 / 100 / 100).
+        image_size: Square image side in pixels, at least 32 (default 64 / 128 / 64).
+        seed: Non-negative seed; the same arguments give byte-identical files.
+
+    Returns:
+        Paths written: ``data_dir``, ``train_list``, ``val_list``, ``label_list``; det also
+        ``train_ann`` and ``val_ann`` (the COCO instances files) and ``coco_image_dir`` (the
+        folder their ``file_name`` entries are relative to: ``data_dir``).
+    """
+    if task not in DEFAULTS:
+        raise ValueError(f"task must be one of {sorted(DEFAULTS)}, got {task!r}")
+    default_train, default_val, default_size = DEFAULTS[task]
+    counts = {
+        "train": default_train if num_train is None else int(num_train),
+        "val": default_val if num_val is None else int(num_val),
+    }
+    size = default_size if image_size is None else int(image_size)
+    if min(counts.values()) < 1:
+        raise ValueError(f"num_train and num_val must be at least 1, got {counts}")
+    if size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    out = os.fspath(out_dir)
+    os.makedirs(out, exist_ok=True)
+    writer = {"cls": _make_cls, "det": _make_det, "seg": _make_seg}[task]
+    paths = writer(out, counts, size, seed)
+    _write_lines(os.path.join(out, "labels.txt"), _CLASSES[task])
+    return {
+        "data_dir": out,
+        "train_list": os.path.join(out, "train_list.txt"),
+        "val_list": os.path.join(out, "val_list.txt"),
+        "label_list": os.path.join(out, "labels.txt"),
+        **paths,
+    }
+
+
+_CLASSES = {"cls": CLS_CLASSES, "det": DET_CLASSES, "seg": SEG_CLASSES}
+
+
+def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:
+    """The generator of one image: independent across seeds, tasks, splits and indices."""
+    return np.random.default_rng([seed, list(DEFAULTS).index(task), _SPLITS.index(split), index])
+
+
+def _write_lines(path: str, lines: Any) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+
+
+def _save_jpeg(image: np.ndarray, path: str) -> None:
+    Image.fromarray(image).save(path, format="JPEG", quality=_JPEG_QUALITY)
+
+
+def _random_shape(rng: np.random.Generator, kind: str, radius: float, stretch: float) -> Shape:
+    angle = float(rng.uniform(0, 2 * math.pi))
+    aspect = float(rng.uniform(1 / stretch, stretch))
+    return Shape(kind, 0.0, 0.0, radius, angle, aspect)
+
+
+def _draw(image: np.ndarray, rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """Paints a shape in a colour that contrasts with what is under it; returns its coverage."""
+    shape.colour = contrasting_colour(rng, local_mean(image, shape))
+    alpha = coverage(shape, image.shape[0], image.shape[1])
+    paint(image, rng, shape, alpha)
+    return alpha
+
+
+# --- classification -------------------------------------------------------------------------
+
+
+def _make_cls(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
+    for name in CLS_CLASSES:
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+    for split, count in counts.items():
+        lines = []
+        for i in range(count):
+            label = i % len(CLS_CLASSES)
+            image = _cls_image(_rng(seed, "cls", split, i), CLS_CLASSES[label], size)
+            rel = f"{CLS_CLASSES[label]}/{split}_{i:05d}.jpg"
+            _save_jpeg(image, os.path.join(out, rel))
+            lines.append(f"{rel} {label}")
+        _write_lines(os.path.join(out, f"{split}_list.txt"), lines)
+    return {}
+
+
+def _cls_image(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+    """One shape of ``kind`` (radius 18-32% of the side) fully inside a cluttered background."""
+    image = background(rng, size, size)
+    shape = _random_shape(rng, kind, float(rng.uniform(0.18, 0.32)) * size, stretch=1.15)
+    extent = min(shape.extent(), size / 2)
+    shape.cx, shape.cy = (float(v) for v in rng.uniform(extent, size - extent, 2))
+    _draw(image, rng, shape)
+    return finish(image, rng)
+
+
+# --- detection ------------------------------------------------------------------------------
+
+
+def _make_det(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
+    for folder in ("JPEGImages", "Annotations", "annotations"):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    for split, count in counts.items():
+        lines, images, annotations = [], [], []
+        for i in range(count):
+            image, objects = _det_image(_rng(seed, "det", split, i), size)
+            stem = f"{split}_{i:05d}"
+            _save_jpeg(image, os.path.join(out, "JPEGImages", f"{stem}.jpg"))
+            with open(os.path.join(out, "Annotations", f"{stem}.xml"), "wb") as f:
+                f.write(_voc_xml(f"{stem}.jpg", size, objects))
+            lines.append(f"JPEGImages/{stem}.jpg Annotations/{stem}.xml")
+            entry = {
+                "id": i + 1,
+                "file_name": f"JPEGImages/{stem}.jpg",
+                "width": size,
+                "height": size,
+            }
+            images.append(entry)
+            for obj in objects:
+                annotations.append(_coco_annotation(len(annotations) + 1, i + 1, obj))
+        _write_lines(os.path.join(out, f"{split}_list.txt"), lines)
+        categories = [
+            {"id": k + 1, "name": name, "supercategory": "shape"}
+            for k, name in enumerate(DET_CLASSES)
+        ]
+        coco = {
+            "info": {"description": f"slimkit built-in shapes detection ({split})", "version": "1"},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+        with open(os.path.join(out, "annotations", f"instances_{split}.json"), "w") as f:
+            json.dump(coco, f, indent=1)
+    return {
+        "coco_image_dir": out,
+        "train_ann": os.path.join(out, "annotations", "instances_train.json"),
+        "val_ann": os.path.join(out, "annotations", "instances_val.json"),
+    }
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _place_det_shapes(rng: np.random.Generator, size: int) -> list[tuple[Shape, int, bool]]:
+    """Places 1-4 shapes (about 8% tiny and difficult) with bounding squares overlapping < 0.1 IoU."""
+    placed: list[tuple[Shape, int, bool]] = []
+    squares: list[tuple[float, ...]] = []
+    for _ in range(int(rng.integers(1, 5))):
+        for _attempt in range(30):
+            tiny = bool(rng.random() < 0.08)
+            radius = size * float(rng.uniform(0.028, 0.04) if tiny else rng.uniform(0.07, 0.16))
+            label = int(rng.integers(len(DET_CLASSES)))
+            shape = _random_shape(rng, DET_CLASSES[label], radius, stretch=1.15)
+            extent = shape.extent()
+            shape.cx, shape.cy = (float(v) for v in rng.uniform(extent + 1, size - extent - 1, 2))
+            square = (shape.cx - extent, shape.cy - extent, shape.cx + extent, shape.cy + extent)
+            if all(_overlap(square, other) < 0.1 for other in squares):
+                placed.append((shape, label, tiny))
+                squares.append(square)
+                break
+    return placed
+
+
+def _det_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Returns an image and its objects: ``label``, pixel-edge ``box``, ``difficult``, ``polygon``."""
+    image = background(rng, size, size)
+    objects = []
+    for shape, label, tiny in _place_det_shapes(rng, size):
+        box = tight_box(_draw(image, rng, shape))
+        if box is not None:
+            objects.append(
+                {"label": label, "box": box, "difficult": tiny, "polygon": shape.polygon()}
+            )
+    return finish(image, rng), objects
+
+
+def _voc_xml(filename: str, size: int, objects: list[dict[str, Any]]) -> bytes:
+    """A VOC annotation; pixel-edge box ``[x1, y1, x2, y2]`` is written 1-based inclusive."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = filename
+    size_node = ET.SubElement(root, "size")
+    for tag, value in (("width", size), ("height", size), ("depth", 3)):
+        ET.SubElement(size_node, tag).text = str(value)
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        node = ET.SubElement(root, "object")
+        ET.SubElement(node, "name").text = DET_CLASSES[obj["label"]]
+        ET.SubElement(node, "pose").text = "Unspecified"
+        ET.SubElement(node, "truncated").text = "0"
+        ET.SubElement(node, "difficult").text = str(int(obj["difficult"]))
+        x1, y1, x2, y2 = obj["box"]
+        box = ET.SubElement(node, "bndbox")
+        for tag, value in (("xmin", x1 + 1), ("ymin", y1 + 1), ("xmax", x2), ("ymax", y2)):
+            ET.SubElement(box, tag).text = str(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8") + b"\n"
+
+
+def _coco_annotation(ann_id: int, image_id: int, obj: dict[str, Any]) -> dict[str, Any]:
+    x1, y1, x2, y2 = obj["box"]
+    polygon = [round(float(v), 2) for v in obj["polygon"].reshape(-1)]
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": obj["label"] + 1,
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "area": (x2 - x1) * (y2 - y1),
+        "iscrowd": int(obj["difficult"]),
+        "segmentation": [polygon],
+    }
+
+
+# --- segmentation ---------------------------------------------------------------------------
+
+
+def _make_seg(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
+    for folder in ("images", "labels"):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    for split, count in counts.items():
+        lines = []
+        for i in range(count):
+            image, mask = _seg_image(_rng(seed, "seg", split, i), size)
+            stem = f"{split}_{i:05d}"
+            _save_jpeg(image, os.path.join(out, "images", f"{stem}.jpg"))
+            label = Image.frombytes("P", (size, size), mask.tobytes())
+            label.putpalette(_PALETTE)
+            label.save(os.path.join(out, "labels", f"{stem}.png"), format="PNG")
+            lines.append(f"images/{stem}.jpg labels/{stem}.png")
+        _write_lines(os.path.join(out, f"{split}_list.txt"), lines)
+    return {}
+
+
+def _seg_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-4 possibly overlapping, stretched shapes; later shapes cover earlier ones in both outputs."""
+    image = background(rng, size, size)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 5))):
+        label = int(rng.integers(1, len(SEG_CLASSES)))
+        shape = _random_shape(rng, SEG_CLASSES[label], size * float(rng.uniform(0.1, 0.22)), 1.4)
+        shape.cx, shape.cy = (float(v) for v in rng.uniform(0.1 * size, 0.9 * size, 2))
+        mask[_draw(image, rng, shape) >= 0.5] = label
+    return finish(image, rng), mask
