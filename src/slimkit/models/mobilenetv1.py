@@ -80,10 +80,20 @@ class ConvBnAct(nn.Module):
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convs (fan-out), unit BatchNorm, small-normal linear layers, zero biases."""
+    """He-normal convs over the group-aware fan-out, unit BatchNorm, small-normal linear layers.
+
+    The fan-out is ``kh * kw * out_channels / groups`` (as timm's ``_init_weight_goog``), not
+    PyTorch's ``kaiming_normal_`` fan-out, which ignores groups: for a depthwise conv of C channels
+    that gives weights ~sqrt(C) times too small, near-zero depthwise outputs, and BatchNorm running
+    statistics that stay far from the batch statistics for hundreds of steps, so the model in eval
+    mode outputs a constant long after it has learned in train mode.
+    """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            kh, kw = m.kernel_size
+            out_chs = m.out_channels if isinstance(m, nn.Conv2d) else m.in_channels
+            fan_out = kh * kw * out_chs // m.groups
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
