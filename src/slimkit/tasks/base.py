@@ -1,0 +1,422 @@
+"""The PaddleX-like task API shared by Classifier, Detector and Segmenter.
+
+A task object owns an ``nn.Module`` (``.net``) built from the model registry plus everything needed to
+train, evaluate, predict and save it: input size, normalisation, class names, status
+(``Normal`` | ``Prune`` | ``Quant``) and, when pruned, the pruning plan. Subclasses supply the loss, the
+metric meter and the prediction post-processing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from slimkit.data import collate_fn
+from slimkit.data.transforms import default_transforms
+from slimkit.models import create_model
+from slimkit.tasks import modeldir
+from slimkit.tasks.logging import log
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _as_size(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return (input_size, input_size)
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}")
+    return size  # type: ignore[return-value]
+
+
+class BaseTask:
+    """Common machinery of the three tasks. Use a subclass (e.g. ``slimkit.cls.MobileNetV2``)."""
+
+    task: str = ""
+    metric_name: str = ""
+
+    def __init__(
+        self,
+        architecture: str,
+        num_classes: int,
+        input_size: int | Sequence[int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        labels: Sequence[str] | None = None,
+        **model_kwargs: Any,
+    ) -> None:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.architecture = architecture
+        self.num_classes = num_classes
+        self.input_size = _as_size(input_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.labels = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
+        self.model_kwargs = dict(model_kwargs)
+        self.status = "Normal"
+        self.prune_plan: dict[str, Any] | None = None
+        self.metrics: dict[str, float] = {}
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.net: nn.Module | None = self._build_net()
+        self._ort = None  # set for Quant-status models (ONNX Runtime session wrapper)
+
+    # -- network -----------------------------------------------------------------------------
+    def _build_net(self) -> nn.Module:
+        return create_model(self.architecture, **self._net_kwargs())
+
+    def _net_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, **self.model_kwargs}
+
+    def example_inputs(self, batch_size: int = 1) -> torch.Tensor:
+        """A zero batch of the model's input shape (for tracing, pruning and export)."""
+        return torch.zeros(batch_size, 3, *self.input_size)
+
+    def _forward(self, images: torch.Tensor) -> Any:
+        """Run the network (or the ONNX Runtime session of a Quant model) on a batch."""
+        if self._ort is not None:
+            return self._ort.run_torch(images)
+        assert self.net is not None
+        return self.net(images.to(self.device))
+
+    # -- subclass hooks ----------------------------------------------------------------------
+    def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def make_meter(self) -> Any:
+        """A fresh streaming metric meter with ``update(outputs, targets)`` and ``compute()``."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, infos: list[dict[str, Any]]) -> list[Any]:
+        raise NotImplementedError
+
+    # -- data ----------------------------------------------------------------------------------
+    def _transformed(self, dataset: Any, train: bool) -> Any:
+        if getattr(dataset, "task", self.task) != self.task:
+            raise ValueError(
+                f"a {dataset.task!r} dataset was given to a {self.task!r} model; "
+                f"use a {self.task!r} dataset (see slimkit.datasets)"
+            )
+        if getattr(dataset, "transforms", None) is None and hasattr(dataset, "with_transforms"):
+            t = default_transforms(self.task, train, self.input_size, self.mean, self.std)
+            return dataset.with_transforms(t)
+        return dataset
+
+    def make_loader(
+        self, dataset: Any, batch_size: int, train: bool = False, num_workers: int = 0
+    ) -> DataLoader:
+        """A DataLoader of ``(images, targets)`` batches with the task's default transforms."""
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty; check its file list")
+        ds = self._transformed(dataset, train)
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > batch_size,
+            collate_fn=collate_fn(self.task),
+            num_workers=num_workers,
+        )
+
+    def eval_batches(self, dataset: Any, batch_size: int = 8) -> list[tuple[torch.Tensor, Any]]:
+        """The evaluation set as an in-memory list of ``(images, targets)`` batches.
+
+        This is the re-iterable ``data`` that ``slimkit.prune.analyze_sensitivity`` takes.
+        """
+        return list(self.make_loader(dataset, batch_size))
+
+    def metric_fn(self, outputs: list[Any], targets: list[Any]) -> float:
+        """The task metric (``metric_name``) over a whole set of per-batch outputs and targets."""
+        meter = self.make_meter()
+        for out, tgt in zip(outputs, targets, strict=True):
+            meter.update(out, tgt)
+        return float(meter.compute()[self.metric_name])
+
+    # -- evaluation ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, eval_dataset: Any, batch_size: int = 8, progress: bool = False) -> dict:
+        """Evaluate on a dataset; returns the task's metric dict (``acc1`` / ``bbox_map`` / ``miou``)."""
+        from tqdm import tqdm
+
+        if self.net is not None:
+            self.net.to(self.device).eval()
+        meter = self.make_meter()
+        loader = self.make_loader(eval_dataset, batch_size)
+        for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            meter.update(self._forward(images), targets)
+        return {k: v for k, v in meter.compute().items() if not isinstance(v, (list, dict))}
+
+    # -- prediction ----------------------------------------------------------------------------
+    def _load_image(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an HxWx3 RGB uint8 array, got shape {image.shape}")
+            return image.astype(np.uint8)
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image {str(path)!r} not found")
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except OSError as e:
+            raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+
+    @torch.inference_mode()
+    def predict(self, image: Any) -> Any:
+        """Predict one image (path or HxWx3 RGB uint8 array) or a list of them."""
+        images = image if isinstance(image, list) else [image]
+        transform = default_transforms(self.task, False, self.input_size, self.mean, self.std)
+        batch, infos = [], []
+        for img in images:
+            arr = self._load_image(img)
+            infos.append({"orig_size": arr.shape[:2]})
+            batch.append(transform({"image": arr})["image"])
+        if self.net is not None:
+            self.net.to(self.device).eval()
+        results = self.postprocess(self._forward(torch.stack(batch)), infos)
+        return results if isinstance(image, list) else results[0]
+
+    # -- training ------------------------------------------------------------------------------
+    def train(
+        self,
+        num_epochs: int,
+        train_dataset: Any,
+        train_batch_size: int = 32,
+        eval_dataset: Any = None,
+        save_interval_epochs: int = 1,
+        log_interval_steps: int = 10,
+        save_dir: str | os.PathLike = "output",
+        pretrain_weights: str | os.PathLike | None = None,
+        optimizer: str = "sgd",
+        learning_rate: float = 0.025,
+        warmup_steps: int = 0,
+        lr_decay_epochs: Sequence[int] | None = None,
+        weight_decay: float = 4e-5,
+        sensitivities_file: str | os.PathLike | None = None,
+        eval_metric_loss: float = 0.05,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> dict[str, float]:
+        """Train (or, with ``sensitivities_file``, prune then fine-tune) the model.
+
+        Args:
+            num_epochs: Passes over ``train_dataset``.
+            train_dataset: A slimkit dataset of this task (its transforms, or the task defaults).
+            train_batch_size: Batch size.
+            eval_dataset: Evaluated every ``save_interval_epochs``; keeps ``save_dir/best_model``.
+            save_interval_epochs: Evaluate and save ``save_dir/epoch_N`` every this many epochs.
+            log_interval_steps: Update the progress bar's loss every this many steps.
+            save_dir: Output directory.
+            pretrain_weights: A model directory (Normal or Prune) whose weights initialise the net.
+            optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
+            learning_rate: Peak learning rate.
+            warmup_steps: Linear warm-up steps.
+            lr_decay_epochs: Piecewise decay (×0.1) at these epochs; cosine decay when None.
+            weight_decay: L2 weight decay.
+            sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
+                The net (trained weights) is pruned under ``eval_metric_loss`` before training.
+            eval_metric_loss: Budget of relative metric loss per pruned group.
+            num_workers: DataLoader workers.
+            progress: Show progress bars and per-epoch lines.
+
+        Returns:
+            The best evaluation metrics (empty when no ``eval_dataset``).
+        """
+        if num_epochs < 0:
+            raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        if pretrain_weights is not None:
+            self.load_weights_from(pretrain_weights)
+        if sensitivities_file is not None:
+            from slimkit.tasks.pruning import prune_for_training
+
+            prune_for_training(self, sensitivities_file, eval_metric_loss, log_fn=log)
+        loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
+        opt, sched = self._build_optimizer(
+            optimizer,
+            learning_rate,
+            weight_decay,
+            num_epochs,
+            len(loader),
+            warmup_steps,
+            lr_decay_epochs,
+        )
+        best = self._fit(
+            loader,
+            opt,
+            sched,
+            num_epochs,
+            eval_dataset,
+            save_interval_epochs,
+            log_interval_steps,
+            save_dir,
+            progress,
+        )
+        return best
+
+    def _fit(
+        self,
+        loader,
+        opt,
+        sched,
+        num_epochs,
+        eval_dataset,
+        save_interval,
+        log_interval,
+        save_dir,
+        progress,
+    ) -> dict[str, float]:
+        from tqdm import tqdm
+
+        assert self.net is not None
+        self.net.to(self.device)
+        best: dict[str, float] = {}
+        for epoch in range(1, num_epochs + 1):
+            self.net.train()
+            start, running = time.time(), 0.0
+            bar = tqdm(
+                loader, desc=f"epoch {epoch}/{num_epochs}", disable=not progress, leave=False
+            )
+            for step, (images, targets) in enumerate(bar, 1):
+                loss = self.compute_loss(self.net(images.to(self.device)), targets)
+                if not torch.isfinite(loss):
+                    raise RuntimeError(
+                        f"loss became {loss.item()} at epoch {epoch} step {step}; "
+                        "lower the learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += loss.item()
+                if step % log_interval == 0 or step == len(loader):
+                    bar.set_postfix(
+                        loss=f"{running / step:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}"
+                    )
+            line = (
+                f"epoch {epoch}/{num_epochs} loss {running / max(len(loader), 1):.4f} "
+                f"time {time.time() - start:.1f}s"
+            )
+            if epoch % save_interval == 0 or epoch == num_epochs:
+                if eval_dataset is not None:
+                    self.metrics = self.evaluate(eval_dataset)
+                    line += " " + " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
+                    if not best or self.metrics[self.metric_name] > best[self.metric_name]:
+                        best = dict(self.metrics)
+                        self.save(save_dir / "best_model")
+                self.save(save_dir / f"epoch_{epoch}")
+            if progress:
+                log(line)
+        if eval_dataset is None or num_epochs == 0:
+            self.save(save_dir / "best_model")
+        return best
+
+    def _build_optimizer(
+        self, name, lr, weight_decay, num_epochs, steps_per_epoch, warmup_steps, decay_epochs
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        assert self.net is not None
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=0.9, weight_decay=weight_decay
+            )
+        elif name == "adam":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+        total = max(num_epochs * steps_per_epoch, 1)
+        milestones = [e * steps_per_epoch for e in (decay_epochs or [])]
+
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            if decay_epochs:
+                return 0.1 ** sum(step >= m for m in milestones)
+            t = (step - warmup_steps) / max(total - warmup_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    # -- saving / loading ------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """The ``model.yml`` content of this model."""
+        return {
+            "task": self.task,
+            "architecture": self.architecture,
+            "model_class": type(self).__name__,
+            "num_classes": self.num_classes,
+            "labels": self.labels,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "model_kwargs": self.model_kwargs,
+            "status": self.status,
+            "metric_name": self.metric_name,
+            "metrics": {k: float(v) for k, v in self.metrics.items()},
+        }
+
+    def save(self, save_dir: str | os.PathLike) -> Path:
+        """Write the model directory (weights first, ``model.yml`` last, each atomically)."""
+        from safetensors.torch import save_file
+
+        if self.net is None:
+            raise ValueError(
+                "a Quant model has no torch weights to save; copy its directory instead"
+            )
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        tmp = save_dir / f".{modeldir.WEIGHTS}.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, save_dir / modeldir.WEIGHTS)
+        plan_path = save_dir / modeldir.PLAN
+        if self.prune_plan is not None:
+            from slimkit.prune import save_plan
+
+            save_plan(self.prune_plan, plan_path)
+        elif plan_path.exists():
+            plan_path.unlink()
+        modeldir.write_yaml_atomic(save_dir / modeldir.MODEL_YML, self.info())
+        return save_dir
+
+    def load_weights_from(self, model_dir: str | os.PathLike) -> None:
+        """Initialise this model's net from another model directory (plan re-applied when pruned)."""
+        from slimkit.tasks.loading import load_model
+
+        other = load_model(model_dir)
+        if other.net is None:
+            raise ValueError(
+                f"{str(model_dir)!r} is a Quant model; pretrain_weights needs FP32 weights"
+            )
+        if other.architecture != self.architecture:
+            raise ValueError(
+                f"pretrain_weights {str(model_dir)!r} is a {other.architecture!r} model, "
+                f"this model is {self.architecture!r}"
+            )
+        if other.num_classes != self.num_classes:
+            raise ValueError(
+                f"pretrain_weights {str(model_dir)!r} has {other.num_classes} classes, "
+                f"this model has {self.num_classes}"
+            )
+        if other.model_kwargs != self.model_kwargs:
+            raise ValueError(
+                f"pretrain_weights {str(model_dir)!r} was built with {other.model_kwargs}, "
+                f"this model with {self.model_kwargs}; create the model with the same arguments"
+            )
+        self.net = other.net
+        self.prune_plan = other.prune_plan
+        self.status = other.status
+        self.metrics = dict(other.metrics)
