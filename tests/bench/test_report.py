@@ -141,7 +141,9 @@ def test_bench_json_has_every_field(bench_run: dict[str, Any]) -> None:
     for row in (orig, pruned):  # torch nets: eager timing, no INT8 graph
         assert row["size_file"] == "model.safetensors" and row["complexity_source"] == "torch"
         assert row["latency"]["cpu_torch"] is not None and row["latency"]["cpu_ort_int8"] is None
-    assert int8["size_file"] == "model.onnx" and int8["complexity_source"] == "onnx"
+    # export_quant_model records the FP32 net's params/MACs in model.yml; the report uses them
+    assert int8["size_file"] == "model.onnx" and int8["complexity_source"] == "model.yml"
+    assert (int8["params"], int8["macs"]) == (orig["params"], orig["macs"])
     assert int8["latency"]["cpu_torch"] is None and int8["latency"]["cpu_ort_int8"] is not None
     assert int8["macs"] == orig["macs"]  # counted on the FP32 ONNX graph
     assert pruned["macs"] < orig["macs"] and pruned["params"] < orig["params"]
@@ -168,7 +170,7 @@ def test_bench_markdown_table_and_stdout(bench_run: dict[str, Any]) -> None:
     variants = ("orig (Normal)", "pruned (Prune)", "int8 (Quant)")
     for line, variant in zip(table[2:], variants, strict=True):
         assert line.startswith("| MobileNetV2 | " + variant)
-    assert "1.00×" in table[2] and "†" in table[4] and "†" not in table[2]
+    assert "1.00×" in table[2] and "†" not in table[2] and "†" not in table[4]
     assert table[0] in bench_run["stdout"] and table[4] in bench_run["stdout"]  # printed
 
 

@@ -1,0 +1,338 @@
+"""The ``slimkit`` command. Each subcommand parses its flags and calls one library function.
+
+Library errors (``ValueError``, ``TypeError``, ``FileNotFoundError``) become one line on stderr and
+exit status 2 — no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _ratios_arg(text: str) -> float | dict[str, float]:
+    """``0.5`` (uniform) or a JSON file of ``{group: ratio}``."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(
+            f"--ratios must be a number or a JSON file of {{group: ratio}}; {text!r} is neither"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{text!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{text!r} must hold a JSON object {{group: ratio}}")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def _shard_arg(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return (i, n)
+
+
+def cmd_datasets_make(a: argparse.Namespace) -> None:
+    from slimkit.data.generate import make_dataset
+
+    paths = make_dataset(
+        a.task,
+        a.dir,
+        num_train=a.num_train,
+        num_val=a.num_val,
+        image_size=a.image_size,
+        seed=a.seed,
+    )
+    print(f"wrote the built-in {a.task} dataset to {a.dir}")
+    for k, v in paths.items():
+        print(f"  {k}: {v}")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from slimkit.tasks.factory import create_task, open_split, task_of
+
+    task = task_of(a.model)
+    train_ds = open_split(task, a.data, "train")
+    eval_ds = open_split(task, a.data, "val")
+    kwargs = {}
+    if a.width_mult is not None:
+        kwargs["width_mult"] = a.width_mult
+    if a.base_channels is not None:
+        kwargs["base_channels"] = a.base_channels
+    model = create_task(
+        a.model, train_ds.num_classes, a.input_size, labels=train_ds.labels, **kwargs
+    )
+    best = model.train(
+        num_epochs=a.epochs,
+        train_dataset=train_ds,
+        train_batch_size=a.batch_size,
+        eval_dataset=eval_ds,
+        learning_rate=a.lr,
+        optimizer=a.optimizer,
+        save_dir=a.save_dir,
+        pretrain_weights=a.pretrain,
+        sensitivities_file=a.sensitivities,
+        eval_metric_loss=a.eval_metric_loss,
+        save_interval_epochs=a.save_interval,
+    )
+    print(f"best model: {Path(a.save_dir) / 'best_model'} " + json.dumps(best))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from slimkit.tasks.factory import open_split
+    from slimkit.tasks.loading import load_model
+
+    model = load_model(a.model_dir)
+    ds = open_split(model.task, a.data, a.split)
+    print(json.dumps(model.evaluate(ds, batch_size=a.batch_size, progress=True)))
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from slimkit.tasks.loading import load_model
+
+    model = load_model(a.model_dir)
+    for image in a.images:
+        result = model.predict(image)
+        if model.task == "seg":
+            label_map = result["label_map"]
+            counts = {
+                model.labels[int(c)]: int((label_map == c).sum()) for c in set(label_map.flat)
+            }
+            result = {"pixels_per_class": counts}
+        elif model.task == "det":
+            result = [r for r in result if r["score"] >= a.threshold]
+        print(json.dumps({"image": str(image), "result": result}))
+
+
+def cmd_prune(a: argparse.Namespace) -> None:
+    from slimkit.slim import prune
+
+    prune(
+        a.model_dir, _ratios_arg(a.ratios), a.save_dir, criterion=a.criterion, round_to=a.round_to
+    )
+
+
+def cmd_analyze(a: argparse.Namespace) -> None:
+    from slimkit import slim
+    from slimkit.tasks.factory import open_split
+    from slimkit.tasks.loading import load_model
+
+    model = load_model(a.model_dir)
+    ds = open_split(model.task, a.data, a.split)
+    groups = a.groups.split(",") if a.groups else None
+    slim.analysis(
+        model,
+        ds,
+        batch_size=a.batch_size,
+        save_file=a.save_file,
+        groups=groups,
+        shard=_shard_arg(a.shard),
+        loss_cap=a.loss_cap,
+        restart=a.restart,
+        criterion=a.criterion,
+    )
+    print(f"sensitivities written to {a.save_file}")
+
+
+def cmd_merge(a: argparse.Namespace) -> None:
+    from slimkit.prune import merge_sensitivities
+
+    merged = merge_sensitivities(a.files, save_file=a.output)
+    print(f"merged {len(a.files)} files ({len(merged['sensitivities'])} groups) into {a.output}")
+
+
+def cmd_visualize(a: argparse.Namespace) -> None:
+    from slimkit import slim
+    from slimkit.tasks.loading import load_model
+
+    paths = slim.visualize(
+        load_model(a.model_dir), a.sensitivities, a.save_dir, eval_metric_loss=a.eval_metric_loss
+    )
+    for p in paths:
+        print(f"wrote {p}")
+
+
+def cmd_quantize(a: argparse.Namespace) -> None:
+    from slimkit import slim
+    from slimkit.tasks.factory import open_split
+    from slimkit.tasks.loading import load_model
+
+    model = load_model(a.model_dir)
+    ds = open_split(model.task, a.data, a.split)
+    slim.export_quant_model(
+        model,
+        ds,
+        batch_size=a.batch_size,
+        batch_num=a.batch_num,
+        save_dir=a.save_dir,
+        cache_dir=a.cache_dir,
+        algo=a.algo,
+        max_metric_drop=a.max_metric_drop,
+        exclude=tuple(a.exclude.split(",")) if a.exclude else (),
+    )
+    print(f"INT8 model written to {a.save_dir}")
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from slimkit.bench.report import run_bench
+
+    run_bench(
+        a.model_dirs,
+        a.data,
+        a.out,
+        split=a.split,
+        threads=a.threads,
+        runs=a.runs,
+        names=a.names.split(",") if a.names else None,
+    )
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from slimkit.demo import run_demo
+
+    run_demo(a.out, quick=a.quick, tasks=a.tasks.split(","))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimkit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
+        dest="action", required=True
+    )
+    mk = ds.add_parser("make", help="write a built-in dataset in the standard on-disk format")
+    mk.add_argument("--task", choices=["cls", "det", "seg"], required=True)
+    mk.add_argument("dir")
+    mk.add_argument("--num-train", type=int)
+    mk.add_argument("--num-val", type=int)
+    mk.add_argument("--image-size", type=int)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=cmd_datasets_make)
+
+    tr = sub.add_parser("train", help="train (or prune + fine-tune) a zoo model")
+    tr.add_argument(
+        "--model", required=True, help="mobilenetv1 | mobilenetv2 | yolov3_mobilenetv1 | unet"
+    )
+    tr.add_argument("--data", required=True, help="dataset directory with train/val lists")
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=0.025)
+    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    tr.add_argument("--input-size", type=int, default=224)
+    tr.add_argument("--width-mult", type=float)
+    tr.add_argument("--base-channels", type=int)
+    tr.add_argument("--save-dir", default="output")
+    tr.add_argument("--save-interval", type=int, default=1)
+    tr.add_argument("--pretrain", help="model directory whose weights initialise training")
+    tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
+    tr.add_argument("--eval-metric-loss", type=float, default=0.05)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model directory")
+    ev.add_argument("model_dir")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict images with a model directory")
+    pr.add_argument("model_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--threshold", type=float, default=0.3, help="det: minimum score shown")
+    pr.set_defaults(func=cmd_predict)
+
+    pn = sub.add_parser("prune", help="prune a model by a uniform ratio or a {group: ratio} JSON")
+    pn.add_argument("model_dir")
+    pn.add_argument(
+        "--ratios", required=True, help="a float (uniform) or a JSON file {group: ratio}"
+    )
+    pn.add_argument("--save-dir", required=True)
+    pn.add_argument("--criterion", choices=["l1", "fpgm", "bn_scale"], default="l1")
+    pn.add_argument("--round-to", type=int)
+    pn.set_defaults(func=cmd_prune)
+
+    an = sub.add_parser("analyze", help="sensitivity analysis on the validation set")
+    an.add_argument("model_dir")
+    an.add_argument("--data", required=True)
+    an.add_argument("--split", default="val")
+    an.add_argument("--save-file", required=True)
+    an.add_argument("--batch-size", type=int, default=8)
+    an.add_argument("--groups", help="comma-separated group names (a worker's share)")
+    an.add_argument("--shard", help="i/n: this worker's deterministic share of the groups")
+    an.add_argument("--loss-cap", type=float, default=1.0)
+    an.add_argument("--criterion", choices=["l1", "fpgm", "bn_scale"], default="l1")
+    an.add_argument("--restart", action="store_true", help="discard a mismatching save file")
+    an.set_defaults(func=cmd_analyze)
+
+    mg = sub.add_parser("merge", help="merge sensitivity files computed on disjoint groups")
+    mg.add_argument("files", nargs="+")
+    mg.add_argument("-o", "--output", required=True)
+    mg.set_defaults(func=cmd_merge)
+
+    vi = sub.add_parser("visualize", help="plot sensitivities (budget curve and per-group curves)")
+    vi.add_argument("model_dir")
+    vi.add_argument("sensitivities")
+    vi.add_argument("--save-dir", default=".")
+    vi.add_argument("--eval-metric-loss", type=float, default=0.05)
+    vi.set_defaults(func=cmd_visualize)
+
+    qu = sub.add_parser("quantize", help="post-training INT8 quantization to ONNX")
+    qu.add_argument("model_dir")
+    qu.add_argument("--data", required=True)
+    qu.add_argument("--split", default="val")
+    qu.add_argument("--batch-size", type=int, default=1)
+    qu.add_argument("--batch-num", type=int, default=10)
+    qu.add_argument("--algo", default="KL", help="KL | minmax | percentile | ort_entropy")
+    qu.add_argument("--save-dir", required=True)
+    qu.add_argument("--cache-dir")
+    qu.add_argument("--max-metric-drop", type=float)
+    qu.add_argument("--exclude", help="comma-separated ONNX node names kept in FP32")
+    qu.set_defaults(func=cmd_quantize)
+
+    be = sub.add_parser("bench", help="size, metric and latency table for model directories")
+    be.add_argument("model_dirs", nargs="+")
+    be.add_argument("--data", required=True)
+    be.add_argument("--split", default="val")
+    be.add_argument("--names", help="comma-separated row names (default: directory names)")
+    be.add_argument("--out", default="bench_output")
+    be.add_argument("--threads", type=int, default=1)
+    be.add_argument("--runs", type=int, default=20)
+    be.set_defaults(func=cmd_bench)
+
+    de = sub.add_parser("demo", help="the end-to-end workflow on the built-in data")
+    de.add_argument("--out", default="demo_output")
+    de.add_argument("--quick", action="store_true", help="tiny sizes and few steps (used by tests)")
+    de.add_argument("--tasks", default="cls,det,seg")
+    de.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slimkit`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"slimkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimkit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""PaddleX-style façade for zoo models: ``analysis``, ``visualize``, ``prune``, ``export_quant_model``.
+
+Each function adapts a task object (``slimkit.cls.MobileNetV2(...)``, ``slimkit.load_model(dir)``) to
+the model-agnostic libraries in ``slimkit.prune`` and ``slimkit.quant``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slimkit.tasks import modeldir
+from slimkit.tasks.base import BaseTask
+from slimkit.tasks.logging import log
+from slimkit.tasks.pruning import arch_key, resolve_sensitivities
+
+DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _require_net(model: BaseTask, what: str) -> None:
+    if not isinstance(model, BaseTask):
+        raise TypeError(
+            f"{what} takes a slimkit model (e.g. slimkit.cls.MobileNetV2 or slimkit.load_model(dir)), "
+            f"got {type(model).__name__}; for a plain nn.Module use slimkit.prune / slimkit.quant"
+        )
+    if model.net is None:
+        raise ValueError(f"{what} needs an FP32 model; this one is {model.status}")
+
+
+def analysis(
+    model: BaseTask,
+    dataset: Any,
+    batch_size: int = 8,
+    save_file: str | os.PathLike = "model.sensi.json",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    groups: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    loss_cap: float = 1.0,
+    restart: bool = False,
+    criterion: str = "l1",
+    progress: bool = True,
+) -> dict[str, dict[float, float]]:
+    """Sensitivity of every prunable group of a trained zoo model on ``dataset`` (its eval metric).
+
+    Writes ``save_file`` after every point; re-running resumes it. Returns ``{group: {ratio: loss}}``.
+    """
+    from slimkit.prune import analyze_sensitivity
+
+    _require_net(model, "slim.analysis")
+    net = model.net.cpu().eval()
+    data = model.eval_batches(dataset, batch_size)
+    return analyze_sensitivity(
+        net,
+        data,
+        model.metric_fn,
+        ratios=tuple(ratios),
+        save_file=save_file,
+        groups=groups,
+        shard=shard,
+        loss_cap=loss_cap,
+        restart=restart,
+        criterion=criterion,
+        progress=progress,
+        metric_name=model.metric_name,
+        architecture=arch_key(model),
+        example_inputs=model.example_inputs(),
+    )
+
+
+def visualize(
+    model: BaseTask,
+    sensitivities_file: str | os.PathLike,
+    save_dir: str | os.PathLike = "./",
+    eval_metric_loss: float = 0.05,
+) -> list[Path]:
+    """Write the PaddleX-style sensitivity plots for a model; returns the PNG paths.
+
+    ``sensi_budget.png``: eval_metric_loss (x) vs the fraction of params and FLOPs pruned (y);
+    ``sensi_groups.png``: every group's loss-vs-ratio curve with the ratio chosen at the budget.
+    """
+    from slimkit.prune import load_sensitivities
+    from slimkit.prune.plots import plot_budget_curve, plot_group_curves
+
+    _require_net(model, "slim.visualize")
+    sens = load_sensitivities(resolve_sensitivities(model, sensitivities_file))
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    budget, groups = save_dir / "sensi_budget.png", save_dir / "sensi_groups.png"
+    plot_budget_curve(sens, model.net.cpu().eval(), model.example_inputs(), budget)
+    plot_group_curves(sens, groups, eval_metric_loss=eval_metric_loss)
+    return [budget, groups]
+
+
+def prune(
+    model_dir: str | os.PathLike,
+    ratios: float | dict[str, float],
+    save_dir: str | os.PathLike,
+    criterion: str = "l1",
+    round_to: int | None = None,
+) -> BaseTask:
+    """Prune a saved model (uniform ratio or ``{group: ratio}``), print params/FLOPs, save it."""
+    from slimkit.prune import prune_model
+    from slimkit.prune.counting import count_macs, count_params, format_count
+    from slimkit.tasks.loading import load_model
+    from slimkit.tasks.pruning import _merge_plans
+
+    model = load_model(model_dir)
+    _require_net(model, "prune")
+    if Path(save_dir).resolve() == Path(model_dir).resolve():
+        raise ValueError(
+            "--save-dir must differ from the model directory (it would be overwritten)"
+        )
+    net, x = model.net.cpu().eval(), model.example_inputs()
+    before = count_params(net), 2 * count_macs(net, x)
+    pruned, plan = prune_model(
+        net, ratios, x, criterion=criterion, round_to=round_to, return_plan=True
+    )
+    model.net, model.status = pruned, "Prune"
+    model.prune_plan = _merge_plans(model.prune_plan, plan)
+    after = count_params(pruned), 2 * count_macs(pruned, x)
+    for name, b, a in (("params", before[0], after[0]), ("FLOPs", before[1], after[1])):
+        print(f"{name:7s} {format_count(b):>9s} -> {format_count(a):>9s}  ({a / b:.1%})")
+    model.save(save_dir)
+    return model
+
+
+def export_quant_model(
+    model: BaseTask,
+    test_dataset: Any,
+    batch_size: int = 1,
+    batch_num: int = 10,
+    save_dir: str | os.PathLike = "./quant_model",
+    cache_dir: str | os.PathLike | None = None,
+    algo: str = "KL",
+    max_metric_drop: float | None = None,
+    exclude: Sequence[str] = (),
+) -> BaseTask:
+    """Post-training INT8 quantization (KL calibration by default) to an ONNX Quant model directory.
+
+    Exports the FP32 net to ONNX (static batch 1), calibrates activation ranges on
+    ``batch_size × batch_num`` samples of ``test_dataset``, writes a QDQ INT8 model that ONNX Runtime
+    runs on CPU, evaluates FP32 and INT8 on ``test_dataset`` and saves a ``Quant`` model directory.
+    With ``max_metric_drop`` (absolute, in metric units) the worst layers stay FP32 until the INT8
+    metric is within that drop. Returns the loaded Quant model.
+    """
+    from slimkit.prune.counting import count_macs, count_params
+    from slimkit.quant import QuantConfig, export_onnx, quantize
+    from slimkit.tasks.loading import OrtRunner, load_model
+
+    _require_net(model, "slim.export_quant_model")
+    if batch_size < 1 or batch_num < 1:
+        raise ValueError(f"batch_size and batch_num must be >= 1, got {batch_size} and {batch_num}")
+    if len(test_dataset) == 0:
+        raise ValueError("the calibration dataset is empty")
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = save_dir / modeldir.ONNX_FP32
+    export_onnx(model.net.cpu().eval(), model.example_inputs(), fp32)
+
+    def eval_fn(onnx_path: str | os.PathLike) -> float:
+        model._ort = OrtRunner(onnx_path)
+        try:
+            return float(model.evaluate(test_dataset)[model.metric_name])
+        finally:
+            model._ort = None
+
+    config = QuantConfig(
+        algo=algo, batch_num=batch_num, exclude=tuple(exclude), max_metric_drop=max_metric_drop
+    )
+    int8 = save_dir / modeldir.ONNX_INT8
+    result = quantize(
+        fp32,
+        model.make_loader(test_dataset, batch_size),
+        int8,
+        config,
+        cache_dir=cache_dir,
+        fp32_path=fp32,
+        eval_fn=eval_fn if max_metric_drop is not None else None,
+    )
+    fp32_metric, int8_metric = eval_fn(fp32), eval_fn(int8)
+    info = model.info()
+    info.update(
+        status="Quant",
+        metrics={model.metric_name: int8_metric},
+        params=count_params(model.net),
+        macs=count_macs(model.net, model.example_inputs()),
+        fp32_metrics={model.metric_name: fp32_metric},
+        quant={
+            "algo": algo,
+            "batch_size": batch_size,
+            "batch_num": batch_num,
+            "fp32_nodes": list(result.fp32_nodes),
+        },
+    )
+    modeldir.write_yaml_atomic(save_dir / modeldir.MODEL_YML, info)
+    log(f"INT8 {model.metric_name} {int8_metric:.4f} (FP32 {fp32_metric:.4f}) -> {save_dir}")
+    return load_model(save_dir)
