@@ -1,0 +1,280 @@
+"""The end-to-end demo: the seeds' workflow on the built-in data, for the three tasks.
+
+For each task: generate the data → train the original model → sensitivity analysis → method 1
+(own sensitivities, ``eval_metric_loss``) → method 2 (built-in ``DEFAULT`` sensitivities) → INT8 of
+the original and of the method-1 model → a benchmark table (size, metric, latency) and plots.
+Every stage writes a model directory under ``out/<task>/`` and is skipped when re-run finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from slimkit.tasks.logging import log
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """One task's demo settings (the full run; ``quick()`` shrinks them for tests)."""
+
+    task: str
+    architecture: str
+    model_kwargs: dict[str, Any]
+    input_size: int
+    num_train: int
+    num_val: int
+    image_size: int
+    epochs: int
+    finetune_epochs: int
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    analysis_batch_size: int = 25
+    loss_cap: float = 1.0
+    eval_metric_loss: float = 0.10
+    quant_batches: int = 10
+    ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+    def quick(self) -> DemoConfig:
+        """A tiny variant (same architecture and width, so DEFAULT sensitivities still apply)."""
+        return replace(
+            self,
+            num_train=16,
+            num_val=8,
+            epochs=1,
+            finetune_epochs=1,
+            batch_size=8,
+            analysis_batch_size=8,
+            quant_batches=2,
+            loss_cap=0.5,
+            ratios=(0.3, 0.6, 0.9),
+        )
+
+
+CONFIGS: dict[str, DemoConfig] = {
+    "cls": DemoConfig(
+        "cls",
+        "mobilenetv2",
+        {"width_mult": 1.0},
+        input_size=64,
+        num_train=2400,
+        num_val=200,
+        image_size=64,
+        epochs=12,
+        finetune_epochs=4,
+        learning_rate=0.002,
+        optimizer="adam",
+    ),
+    "det": DemoConfig(
+        "det",
+        "yolov3_mobilenetv1",
+        {"width_mult": 0.5, "neck_width": 0.5},
+        input_size=128,
+        num_train=800,
+        num_val=100,
+        image_size=128,
+        epochs=25,
+        finetune_epochs=6,
+        learning_rate=0.002,
+        optimizer="adam",
+        batch_size=16,
+        loss_cap=0.3,
+    ),
+    "seg": DemoConfig(
+        "seg",
+        "unet",
+        {"base_channels": 16},
+        input_size=64,
+        num_train=300,
+        num_val=100,
+        image_size=64,
+        epochs=20,
+        finetune_epochs=6,
+        learning_rate=0.003,
+        optimizer="adam",
+        batch_size=16,
+    ),
+}
+
+
+def prepare_data(cfg: DemoConfig, data_dir: Path, seed: int = 0) -> tuple[Any, Any]:
+    """Write (once) and open the built-in dataset of a task."""
+    from slimkit.data.generate import make_dataset
+    from slimkit.tasks.factory import open_split
+
+    if not (data_dir / "val_list.txt").is_file():
+        make_dataset(
+            cfg.task,
+            data_dir,
+            num_train=cfg.num_train,
+            num_val=cfg.num_val,
+            image_size=cfg.image_size,
+            seed=seed,
+        )
+    return open_split(cfg.task, data_dir, "train"), open_split(cfg.task, data_dir, "val")
+
+
+def _done(model_dir: Path) -> bool:
+    return (model_dir / "model.yml").is_file()
+
+
+def _trained(save_dir: Path, epochs: int) -> bool:
+    """A training stage is finished when its last epoch was saved (an interrupted one is redone)."""
+    return _done(save_dir / f"epoch_{epochs}") and _done(save_dir / "best_model")
+
+
+def train_original(cfg: DemoConfig, train_ds: Any, val_ds: Any, out: Path) -> Path:
+    """Stage 1: train the original model; returns its ``best_model`` directory."""
+    from slimkit.tasks.factory import create_task
+
+    best = out / "original" / "best_model"
+    if not _trained(out / "original", cfg.epochs):
+        model = create_task(
+            cfg.architecture,
+            train_ds.num_classes,
+            cfg.input_size,
+            labels=train_ds.labels,
+            **cfg.model_kwargs,
+        )
+        model.train(
+            num_epochs=cfg.epochs,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            optimizer=cfg.optimizer,
+            warmup_steps=20,
+            save_dir=out / "original",
+            save_interval_epochs=max(cfg.epochs // 3, 1),
+        )
+    return best
+
+
+def analyze(cfg: DemoConfig, model_dir: Path, val_ds: Any, save_file: Path) -> Path:
+    """Stage 2: sensitivity analysis of the trained model (resumes an interrupted file)."""
+    from slimkit import slim
+    from slimkit.tasks.loading import load_model
+
+    slim.analysis(
+        load_model(model_dir),
+        val_ds,
+        batch_size=cfg.analysis_batch_size,
+        save_file=save_file,
+        loss_cap=cfg.loss_cap,
+        ratios=cfg.ratios,
+    )
+    return save_file
+
+
+def prune_and_finetune(
+    cfg: DemoConfig,
+    original: Path,
+    sensitivities: str | Path,
+    train_ds: Any,
+    val_ds: Any,
+    out: Path,
+) -> Path | None:
+    """Stage 3: method 1 (a file) or method 2 (``"DEFAULT"``): prune + fine-tune."""
+    from slimkit.tasks.loading import load_model
+
+    best = out / "best_model"
+    if _trained(out, cfg.finetune_epochs):
+        return best
+    model = load_model(original)
+    try:
+        model.train(
+            num_epochs=cfg.finetune_epochs,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate * 0.2,
+            optimizer=cfg.optimizer,
+            save_dir=out,
+            sensitivities_file=sensitivities,
+            eval_metric_loss=cfg.eval_metric_loss,
+            save_interval_epochs=max(cfg.finetune_epochs // 2, 1),
+        )
+    except ValueError as e:
+        if str(sensitivities) != "DEFAULT":
+            raise
+        log(f"method 2 skipped: {e}")
+        return None
+    return best
+
+
+def quantize(cfg: DemoConfig, model_dir: Path, val_ds: Any, out: Path) -> Path:
+    """Stage 4: INT8 post-training quantization with KL calibration."""
+    from slimkit import slim
+    from slimkit.tasks.loading import load_model
+
+    if not _done(out):
+        slim.export_quant_model(
+            load_model(model_dir),
+            val_ds,
+            batch_size=1,
+            batch_num=cfg.quant_batches,
+            save_dir=out,
+            cache_dir=out.parent / "calib_cache",
+        )
+    return out
+
+
+def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
+    """The whole workflow for one task; returns the benchmark result."""
+    from slimkit.bench.report import run_bench
+
+    start = time.time()
+    train_ds, val_ds = prepare_data(cfg, data_root / cfg.task)
+    log(f"[{cfg.task}] 1/5 train {cfg.architecture} ({len(train_ds)} train / {len(val_ds)} val)")
+    original = train_original(cfg, train_ds, val_ds, out)
+    log(f"[{cfg.task}] 2/5 sensitivity analysis")
+    sens = analyze(cfg, original, val_ds, out / "model.sensi.json")
+    log(f"[{cfg.task}] 3/5 method 1 (own sensitivities) and method 2 (DEFAULT)")
+    method1 = prune_and_finetune(cfg, original, sens, train_ds, val_ds, out / "method1")
+    method2 = prune_and_finetune(cfg, original, "DEFAULT", train_ds, val_ds, out / "method2")
+    log(f"[{cfg.task}] 4/5 INT8 quantization")
+    int8 = quantize(cfg, original, val_ds, out / "int8")
+    int8_m1 = quantize(cfg, method1, val_ds, out / "method1_int8")
+    rows = [("original", original), (f"method1 (loss {cfg.eval_metric_loss})", method1)]
+    if method2 is not None:
+        rows.append((f"method2 DEFAULT (loss {cfg.eval_metric_loss})", method2))
+    rows += [("original INT8", int8), ("method1 INT8", int8_m1)]
+    log(f"[{cfg.task}] 5/5 benchmark")
+    result = run_bench(
+        [str(d) for _, d in rows],
+        str(data_root / cfg.task),
+        str(out / "bench"),
+        names=[n for n, _ in rows],
+        title=f"{cfg.task}: {cfg.architecture}",
+    )
+    log(f"[{cfg.task}] done in {time.time() - start:.0f}s")
+    return result
+
+
+def run_demo(
+    out: str | os.PathLike = "demo_output",
+    quick: bool = False,
+    tasks: list[str] | tuple[str, ...] = ("cls", "det", "seg"),
+) -> dict[str, Any]:
+    """Run the workflow for ``tasks``; print and return the three benchmark tables."""
+    unknown = [t for t in tasks if t not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown demo task(s) {unknown}; choose from {sorted(CONFIGS)}")
+    out = Path(out)
+    start, results = time.time(), {}
+    for task in tasks:
+        cfg = CONFIGS[task].quick() if quick else CONFIGS[task]
+        results[task] = run_task(cfg, out / task, out / "data")
+    from slimkit.bench.report import format_report
+
+    for task, res in results.items():
+        print(f"\n## {task}\n\n{format_report(res)}")
+    total = time.time() - start
+    print(f"\ndemo finished in {total / 60:.1f} min; outputs under {out}/")
+    (out / "summary.json").write_text(json.dumps({"minutes": total / 60, "tasks": list(results)}))
+    return results
