@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit._utils import eval_mode
+
 __all__ = ["LatencyStats", "measure", "onnx_latency", "torch_latency"]
 
 _ORT_DTYPES = {
@@ -146,18 +148,6 @@ def _torch_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Puts every submodule in eval mode, then restores each one's training flag."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
     """The module itself when its tensors are on ``device``, else a copy moved there."""
     tensors = [*module.parameters(), *module.buffers()]
@@ -199,7 +189,7 @@ def torch_latency(
         dev = torch.device("cuda", torch.cuda.current_device())
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
     net = _on_device(module, dev)
-    with _torch_threads(threads) as used_threads, _eval_mode(net), torch.inference_mode():
+    with _torch_threads(threads) as used_threads, eval_mode(net), torch.inference_mode():
         x = torch.randn(shape, device=dev)
         return measure(lambda: net(x), warmup, runs, sync, threads=used_threads, device=str(dev))
 

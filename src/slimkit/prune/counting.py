@@ -13,13 +13,13 @@ Conventions (the same everywhere in slimkit's reports):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from slimkit._utils import eval_mode
 
 __all__ = [
     "count_flops",
@@ -91,18 +91,6 @@ def _as_args(example_inputs: Any) -> tuple[Any, ...]:
     return args
 
 
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Puts every submodule in eval mode (no BatchNorm statistic updates), then restores them."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
 def count_macs(module: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]) -> int:
     """Multiply-accumulates of one forward pass, per sample.
 
@@ -137,7 +125,7 @@ def count_macs(module: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]
     counted = (*_CONVS, *_TRANSPOSED_CONVS, nn.Linear)
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, counted)]
     try:
-        with torch.no_grad(), _eval_mode(module):
+        with torch.no_grad(), eval_mode(module):
             module(*args)
     finally:
         for handle in handles:

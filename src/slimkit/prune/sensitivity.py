@@ -35,6 +35,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from slimkit._utils import eval_mode
 from slimkit.prune.ratios import (
     Sensitivities,
     _check_baseline,
@@ -476,18 +477,6 @@ class _ActivationCache:
 
 
 # ------------------------------------------------------------------------------------ analysis
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode, each flag restored afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 class _StepPruner:
     """One group's pruned copy, pruned further for each larger ratio, from a single trace.
 
@@ -666,7 +655,7 @@ def analyze_sensitivity(
         kw = {"ignore": ignore, "criterion": criterion}
         return lambda r: (prune_model(module, {group: r}, example_inputs, **kw).eval(), False)
 
-    with _eval_mode(module):
+    with eval_mode(module):
         found = channel_groups(module, example_inputs, ignore)
         names = _select_groups([g.name for g in found], groups, shard)
         members = {g.name: [m.name for m in g.members] for g in found if g.name in names}
