@@ -66,7 +66,7 @@ CONFIGS: dict[str, DemoConfig] = {
         num_val=200,
         image_size=64,
         epochs=12,
-        finetune_epochs=4,
+        finetune_epochs=8,
         learning_rate=0.002,
         optimizer="adam",
     ),
