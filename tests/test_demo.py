@@ -8,14 +8,21 @@ from slimkit.cli import main
 def test_quick_demo_runs_the_whole_workflow(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    learned = 0
     for task in ("cls", "det", "seg"):
         root = tmp_path / task
-        assert (root / "model.sensi.json").is_file()
-        for stage in ("original/best_model", "method1/best_model", "int8", "method1_int8"):
-            assert (root / stage / "model.yml").is_file(), stage
         bench = json.loads((root / "bench" / "bench.json").read_text())
         names = [row["name"] for row in bench["rows"]]
-        assert names[0] == "original" and "method1 INT8" in names
+        assert names[0] == "original" and "original INT8" in names
+        if bench["rows"][0]["metric"] == 0:  # a --quick detector may not learn in two steps
+            assert "skipped: the original model's metric is 0" in out
+            continue
+        assert (root / "model.sensi.json").is_file()
+        for stage in ("method1/best_model", "int8", "method1_int8"):
+            assert (root / stage / "model.yml").is_file(), stage
+        assert "method1 INT8" in names
+        learned += 1
         assert (root / "bench" / "bench_pareto.png").stat().st_size > 1000
         assert f"# {task}:" in out
+    assert learned >= 2  # cls and seg always get a positive metric
     assert "demo finished in" in out
