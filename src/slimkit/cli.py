@@ -86,6 +86,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         pretrain_weights=a.pretrain,
         sensitivities_file=a.sensitivities,
         eval_metric_loss=a.eval_metric_loss,
+        prune_round_to=a.round_to or None,
         save_interval_epochs=a.save_interval,
     )
     print(f"best model: {Path(a.save_dir) / 'best_model'} " + json.dumps(best))
@@ -239,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--pretrain", help="model directory whose weights initialise training")
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=float, default=0.05)
+    tr.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model directory")

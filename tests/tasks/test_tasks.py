@@ -106,3 +106,41 @@ def test_wrong_task_dataset_is_clear(data_dirs):
     model = _model("cls", open_split("cls", data_dirs["cls"]))
     with pytest.raises(ValueError, match="'seg' dataset"):
         model.evaluate(open_split("seg", data_dirs["seg"], "val"))
+
+
+def test_method1_pruning_rounds_kept_channels(data_dirs, tmp_path):
+    from torch import nn
+
+    from slimkit import slim
+
+    train_ds = open_split("cls", data_dirs["cls"], "train")
+    val_ds = open_split("cls", data_dirs["cls"], "val")
+    model = slimkit.cls.MobileNetV2(num_classes=train_ds.num_classes, input_size=32, width_mult=1.0)
+    model.train(
+        num_epochs=1,
+        train_dataset=train_ds,
+        train_batch_size=8,
+        save_dir=tmp_path / "a",
+        progress=False,
+    )
+    sens = tmp_path / "s.json"
+    slim.analysis(model, val_ds, batch_size=8, save_file=sens, ratios=(0.3, 0.6), progress=False)
+    before = {n: m.out_channels for n, m in model.net.named_modules() if isinstance(m, nn.Conv2d)}
+    model.train(
+        num_epochs=0,
+        train_dataset=train_ds,
+        sensitivities_file=sens,
+        eval_metric_loss=0.99,
+        prune_round_to=8,
+        save_dir=tmp_path / "b",
+        progress=False,
+    )
+    assert model.status == "Prune"
+    after = {n: m.out_channels for n, m in model.net.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = [n for n in after if after[n] != before[n]]
+    assert changed and all(after[n] % 8 == 0 for n in changed)
+    loaded = slimkit.load_model(tmp_path / "b" / "best_model")
+    assert (
+        loaded.status == "Prune"
+        and loaded.net.classifier.in_features == model.net.classifier.in_features
+    )

@@ -206,6 +206,7 @@ class BaseTask:
         weight_decay: float = 4e-5,
         sensitivities_file: str | os.PathLike | None = None,
         eval_metric_loss: float = 0.05,
+        prune_round_to: int | None = 8,
         num_workers: int = 0,
         progress: bool = True,
     ) -> dict[str, float]:
@@ -228,6 +229,8 @@ class BaseTask:
             sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
                 The net (trained weights) is pruned under ``eval_metric_loss`` before training.
             eval_metric_loss: Budget of relative metric loss per pruned group.
+            prune_round_to: Kept channels of each pruned group rounded up to a multiple of this
+                (SIMD-friendly shapes; None keeps the exact ratios).
             num_workers: DataLoader workers.
             progress: Show progress bars and per-epoch lines.
 
@@ -243,7 +246,9 @@ class BaseTask:
         if sensitivities_file is not None:
             from slimkit.tasks.pruning import prune_for_training
 
-            prune_for_training(self, sensitivities_file, eval_metric_loss, log_fn=log)
+            prune_for_training(
+                self, sensitivities_file, eval_metric_loss, log_fn=log, round_to=prune_round_to
+            )
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
         opt, sched = self._build_optimizer(
             optimizer,
