@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,37 @@ def read_list_file(path: str | os.PathLike, what: str = "list file") -> list[tup
     if not entries:
         raise DatasetError(f"{path}: the {what} is empty (no non-blank lines)")
     return entries
+
+
+def read_path_pairs(
+    file_list: str, data_dir: str, second: str, token: str
+) -> Iterator[tuple[str, str, str]]:
+    """Reads a list of ``<image path> <second path>`` lines (paths relative to ``data_dir``).
+
+    Args:
+        file_list: The list file.
+        data_dir: The directory the paths are relative to.
+        second: What the second file is (e.g. ``"annotation file"``), for the messages.
+        token: Its name in the expected line format (e.g. ``"xml"``).
+
+    Yields:
+        ``(image_path, second_path, origin)``, both files checked to exist.
+
+    Raises:
+        DatasetError: The list is missing or empty, a line does not hold two paths, or a file is
+            missing (naming the file and the line).
+    """
+    for line, text in read_list_file(file_list):
+        origin = where(file_list, line)
+        parts = text.split()
+        if len(parts) != 2:
+            raise DatasetError(
+                f"{origin}: malformed line {text!r}; expected '<image path> <{token} path>'"
+            )
+        image_path, other_path = (os.path.join(data_dir, p) for p in parts)
+        require_file(image_path, "image file", origin)
+        require_file(other_path, second, origin)
+        yield image_path, other_path, origin
 
 
 def read_label_list(path: str | os.PathLike) -> list[str]:

@@ -29,9 +29,7 @@ from ._base import (
     image_to_tensor,
     read_image,
     read_label_list,
-    read_list_file,
-    require_file,
-    where,
+    read_path_pairs,
 )
 
 
@@ -203,16 +201,9 @@ class VOCDetection(_DetectionDataset):
         self.data_dir = os.fspath(data_dir)
         self.file_list = os.fspath(file_list)
         index_of = {name: k for k, name in enumerate(self.labels)}
-        for line, text in read_list_file(self.file_list):
-            origin = where(self.file_list, line)
-            parts = text.split()
-            if len(parts) != 2:
-                raise DatasetError(
-                    f"{origin}: malformed line {text!r}; expected '<image path> <xml path>'"
-                )
-            image_path, xml_path = (os.path.join(self.data_dir, p) for p in parts)
-            require_file(image_path, "image file", origin)
-            require_file(xml_path, "annotation file", origin)
+        for image_path, xml_path, origin in read_path_pairs(
+            self.file_list, self.data_dir, "annotation file", "xml"
+        ):
             self.records.append(parse_voc_xml(xml_path, image_path, index_of, origin))
         self.cat_ids = list(range(self.num_classes))
         self.coco_image_ids = list(range(len(self.records)))

@@ -16,9 +16,7 @@ from ._base import (
     read_image,
     read_index_png,
     read_label_list,
-    read_list_file,
-    require_file,
-    where,
+    read_path_pairs,
 )
 
 IGNORE_INDEX = 255
@@ -59,16 +57,9 @@ class SegDataset(BaseDataset):
         self.data_dir = os.fspath(data_dir)
         self.file_list = os.fspath(file_list)
         self.samples: list[tuple[str, str, str]] = []
-        for line, text in read_list_file(self.file_list):
-            origin = where(self.file_list, line)
-            parts = text.split()
-            if len(parts) != 2:
-                raise DatasetError(
-                    f"{origin}: malformed line {text!r}; expected '<image path> <label png path>'"
-                )
-            image_path, label_path = (os.path.join(self.data_dir, p) for p in parts)
-            require_file(image_path, "image file", origin)
-            require_file(label_path, "label file", origin)
+        for image_path, label_path, origin in read_path_pairs(
+            self.file_list, self.data_dir, "label file", "label png"
+        ):
             self.samples.append((image_path, label_path, origin))
         if label_list is None:
             self.labels = [f"class_{k}" for k in range(self._scan_num_classes())]
