@@ -9,13 +9,14 @@ loss and NMS live in :meth:`YOLOv3.decode`, :meth:`YOLOv3.compute_loss` and
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from slimkit._utils import as_hw
 
 from ._registry import create_model, register_model
 from .mobilenetv1 import ConvBnAct, init_weights, make_divisible
@@ -48,14 +49,6 @@ class YoloDetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route = self.route(self.conv3(self.conv2(self.conv1(self.conv0(x)))))
         return route, self.tip(route)
-
-
-def _as_hw(size: int | Sequence[int], what: str = "img_size") -> tuple[int, int]:
-    """Return ``(height, width)`` from an int or a ``(height, width)`` pair."""
-    hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(hw) != 2 or any(not isinstance(v, numbers.Integral) or v <= 0 for v in hw):
-        raise ValueError(f"{what} must be a positive int or (height, width), got {size!r}")
-    return int(hw[0]), int(hw[1])
 
 
 def _parse_anchors(anchors: Sequence[Any] | None, input_size: tuple[int, int]) -> torch.Tensor:
@@ -140,7 +133,7 @@ class YOLOv3(nn.Module):
         if not neck_width > 0:
             raise ValueError(f"neck_width must be > 0, got {neck_width!r}")
         self.num_classes = num_classes
-        self.input_size = _as_hw(input_size, "input_size")
+        self.input_size = as_hw(input_size, "input_size")
         self.ignore_threshold = float(ignore_threshold)
         self.register_buffer("anchors", _parse_anchors(anchors, self.input_size), persistent=False)
         self.anchor_masks = _parse_masks(anchor_masks, len(self.anchors))
@@ -238,7 +231,7 @@ class YOLOv3(nn.Module):
             Boxes ``[B, P, 4]`` (xyxy pixels, not clipped) and per-class scores ``[B, P, C]``
             equal to ``sigmoid(objectness) * sigmoid(class logit)``.
         """
-        img_hw = _as_hw(img_size)
+        img_hw = as_hw(img_size, "img_size")
         all_boxes, all_scores = [], []
         for scale, raw in enumerate(self._split_heads(outputs)):
             b = raw.shape[0]
@@ -271,7 +264,7 @@ class YOLOv3(nn.Module):
             One dict per image: ``boxes`` ``[K, 4]`` (xyxy pixels, clipped to the image),
             ``scores`` ``[K]`` and ``labels`` ``[K]`` (int64), by decreasing score.
         """
-        img_h, img_w = _as_hw(img_size)
+        img_h, img_w = as_hw(img_size, "img_size")
         boxes, scores = self.decode(outputs, (img_h, img_w))
         boxes[..., 0::2] = boxes[..., 0::2].clamp(0, img_w)
         boxes[..., 1::2] = boxes[..., 1::2].clamp(0, img_h)
@@ -315,7 +308,7 @@ class YOLOv3(nn.Module):
         Returns:
             ``{"loss", "loss_xy", "loss_wh", "loss_obj", "loss_cls"}`` (scalar tensors).
         """
-        img_hw = _as_hw(img_size)
+        img_hw = as_hw(img_size, "img_size")
         maps = [m.float() for m in self._split_heads(outputs)]  # the loss is always in float32
         gt = _collect_targets(targets, maps[0].shape[0], self.num_classes, maps[0].device)
         best_anchor = _best_anchor(gt.boxes, self.anchors.float())

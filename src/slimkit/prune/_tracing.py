@@ -12,9 +12,10 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from slimkit._utils import call_module as call_module  # re-exported for groups.py
 
 ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
 
@@ -96,15 +97,6 @@ def traceable_inputs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], di
         "example_inputs must be a tensor, a tuple/list of positional inputs or a dict of keyword "
         f"inputs, got {type(example_inputs).__name__}"
     )
-
-
-def call_module(module: nn.Module, example_inputs: ExampleInputs) -> Any:
-    """Run ``module`` on a tensor, a tuple of positional inputs or a dict of keyword inputs."""
-    if isinstance(example_inputs, torch.Tensor):
-        return module(example_inputs)
-    if isinstance(example_inputs, Mapping):
-        return module(**example_inputs)
-    return module(*example_inputs)
 
 
 def grad_fns(tensors: Any) -> frozenset[Any]:

@@ -29,6 +29,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
+from slimkit._utils import eval_mode, keep_training_modes
+
 from ._tracing import (
     ExampleInputs,
     OpRecorder,
@@ -185,19 +187,14 @@ class GroupSet:
         Raises:
             ValueError: If it fails or an output shape changed (a coupling that was missed).
         """
-        modes = {m: m.training for m in self.module.modules()}
-        self.module.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(self.module), torch.no_grad():
                 shapes = output_shapes(call_module(self.module, self._example_inputs))
         except RuntimeError as err:
             raise ValueError(
                 f"the pruned model no longer runs on example_inputs ({err}); slimkit missed a "
                 "channel coupling: pass the layers involved in ignore= and please report it"
             ) from err
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
         if shapes != self._trace.output_shapes:
             raise ValueError(
                 f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; "
@@ -434,15 +431,10 @@ def _build_graph(module: nn.Module, example_inputs: ExampleInputs) -> tuple[Any,
             outputs.append(model(*args, **kwargs))
         return outputs[-1]
 
-    modes = {m: m.training for m in module.modules()}
-    try:
-        with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
-                module, example_inputs=args, forward_fn=forward_fn, verbose=False
-            )
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with keep_training_modes(module), torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(
+            module, example_inputs=args, forward_fn=forward_fn, verbose=False
+        )
     trace = Trace(
         recorder.ops,
         grad_fns((args, kwargs)),
