@@ -142,7 +142,7 @@ class _DetectionDataset(BaseDataset):
 
     def coco_gt(self) -> Any:
         """Returns a ``pycocotools.coco.COCO`` object built from `to_coco_dict` (quietly)."""
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO  # heavy: loaded only for COCO datasets
 
         coco = COCO()
         coco.dataset = self.to_coco_dict()

@@ -412,9 +412,15 @@ def _best_anchor(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return (inter / union).argmax(dim=1)
 
 
-@register_model
-def yolov3_mobilenetv1(**kwargs: Any) -> YOLOv3:
+@register_model(
+    task="det",
+    display_name="YOLOv3-MobileNetV1",
+    input_size=608,
+    # the key predates neck_width: the shipped _w0.5 file was computed with neck_width 0.5
+    sensitivity_key="yolov3_mobilenetv1_w{width_mult:g}",
+)
+def yolov3_mobilenetv1(width_mult: float = 1.0, **kwargs: Any) -> YOLOv3:
     """YOLOv3 with a MobileNetV1 backbone; keyword arguments go to :class:`YOLOv3`."""
     if "backbone" in kwargs:
         raise TypeError("yolov3_mobilenetv1 fixes the backbone; use YOLOv3(backbone=...) instead")
-    return YOLOv3(backbone="mobilenetv1", **kwargs)
+    return YOLOv3(backbone="mobilenetv1", width_mult=width_mult, **kwargs)
