@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["as_hw", "call_module", "eval_mode", "keep_training_modes", "make_ort_session"]
+__all__ = [
+    "agg_figure",
+    "as_hw",
+    "call_module",
+    "eval_mode",
+    "keep_training_modes",
+    "make_ort_session",
+]
 
 
 @contextmanager
@@ -139,3 +146,17 @@ def make_ort_session(
     return ort.InferenceSession(
         source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
     )
+
+
+def agg_figure(width: float, height: float, dpi: int = 100) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas: draws headless, leaves pyplot's backend alone.
+
+    Use ``fig.subplots()`` / ``fig.add_subplot()`` and ``fig.savefig(path)``; no ``close`` needed.
+    """
+    # matplotlib is heavy and only needed for plots; importing slimkit must stay cheap.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
