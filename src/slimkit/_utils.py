@@ -87,7 +87,7 @@ def as_hw(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
         pair = (size, size)
     elif not isinstance(size, (str, bytes)):
         try:
-            pair = tuple(size)
+            pair = tuple(size)  # type: ignore[arg-type]  # anything iterable; checked below
         except TypeError:
             pass
     if len(pair) != 2 or not all(integral(v) and v > 0 for v in pair):

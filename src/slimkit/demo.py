@@ -231,6 +231,7 @@ def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
         log(f"[{cfg.task}] 3/5 method 1 (own sensitivities) and method 2 (DEFAULT)")
         method1 = prune_and_finetune(cfg, original, sens, train_ds, val_ds, out / "method1")
         method2 = prune_and_finetune(cfg, original, "DEFAULT", train_ds, val_ds, out / "method2")
+        assert method1 is not None  # only method 2 (DEFAULT) is skipped, returning None
         rows.append((f"method1 (loss {cfg.eval_metric_loss})", method1))
         if method2 is not None:
             rows.append((f"method2 DEFAULT (loss {cfg.eval_metric_loss})", method2))

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from slimkit.quant import QuantConfig, export_onnx, quantize
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
@@ -21,7 +23,7 @@ from slimkit.tasks.pruning import resolve_sensitivities
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _require_net(model: BaseTask, what: str) -> None:
+def _require_net(model: BaseTask, what: str) -> nn.Module:
     if not isinstance(model, BaseTask):
         raise TypeError(
             f"{what} takes a slimkit model (e.g. slimkit.cls.MobileNetV2 or slimkit.load_model(dir)), "
@@ -29,6 +31,7 @@ def _require_net(model: BaseTask, what: str) -> None:
         )
     if model.net is None:
         raise ValueError(f"{what} needs an FP32 model; this one is {model.status}")
+    return model.net
 
 
 def analysis(
@@ -43,7 +46,7 @@ def analysis(
     restart: bool = False,
     criterion: str = "l1",
     progress: bool = True,
-) -> dict[str, dict[float, float]]:
+) -> dict[str, dict[float, float | None]]:
     """Sensitivity of every prunable group of a trained zoo model on ``dataset`` (its eval metric).
 
     Writes ``save_file`` after every point; re-running resumes it. Returns ``{group: {ratio: loss}}``.
@@ -51,8 +54,7 @@ def analysis(
     # torch-pruning is heavy: slimkit.prune loads when a slim function runs, not on `import slimkit`
     from slimkit.prune import analyze_sensitivity
 
-    _require_net(model, "slim.analysis")
-    net = model.net.cpu().eval()
+    net = _require_net(model, "slim.analysis").cpu().eval()
     data = model.eval_batches(dataset, batch_size)
     return analyze_sensitivity(
         net,
@@ -86,12 +88,12 @@ def visualize(
     from slimkit.prune import load_sensitivities  # heavy (torch-pruning, matplotlib), see above
     from slimkit.prune.plots import plot_budget_curve, plot_group_curves
 
-    _require_net(model, "slim.visualize")
+    net = _require_net(model, "slim.visualize")
     sens = load_sensitivities(resolve_sensitivities(model.sensitivity_key, sensitivities_file))
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     budget, groups = save_dir / "sensi_budget.png", save_dir / "sensi_groups.png"
-    plot_budget_curve(sens, model.net.cpu().eval(), model.example_inputs(), budget)
+    plot_budget_curve(sens, net.cpu().eval(), model.example_inputs(), budget)
     plot_group_curves(sens, groups, eval_metric_loss=eval_metric_loss)
     return [budget, groups]
 
@@ -181,7 +183,7 @@ def _quantize_into(
         model.make_loader(dataset, batch_size),
         int8,
         config,
-        cache_dir=cache_dir,
+        cache_dir=None if cache_dir is None else Path(cache_dir),
         fp32_path=fp32,
         eval_fn=eval_fn if config.max_metric_drop is not None else None,
     )

@@ -18,7 +18,7 @@ import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -91,12 +91,13 @@ def _node_macs(node: Any, shapes: dict[str, list[int | None]]) -> int:
     if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return 0
     names = [node.input[0], node.input[1], node.output[0]]
-    a, b, out = (shapes.get(n) for n in names)
-    if a is None or b is None or out is None or None in (*a, *b, *out):
+    known = [shapes.get(n) for n in names]
+    if any(s is None or None in s for s in known):
         raise ValueError(
             f"ONNX node {node.name or op!r} ({op}) has unknown shapes after shape inference; "
             "export the model with static input height and width"
         )
+    a, b, out = (cast("list[int]", s) for s in known)
     if op == "Conv":  # W: [Cout, Cin/g, k...]
         return _prod(out) * _prod(b[1:])
     if op == "ConvTranspose":  # W: [Cin, Cout/g, k...]
@@ -206,9 +207,10 @@ def _cpu_latency(
     if model.net is not None:
         net = model.net.cpu().eval()
         out["cpu_torch"] = torch_latency(net, shape, device="cpu", **kw).to_dict()
-    out["cpu_ort_fp32"] = onnx_latency(onnx_fp32, shape, **kw).to_dict()
-    if onnx_int8 is not None:
-        out["cpu_ort_int8"] = onnx_latency(onnx_int8, shape, **kw).to_dict()
+    for engine, path in (("cpu_ort_fp32", onnx_fp32), ("cpu_ort_int8", onnx_int8)):
+        if path is not None:
+            stats = onnx_latency(path, shape, threads=threads, warmup=warmup, runs=runs)
+            out[engine] = stats.to_dict()
     return out
 
 

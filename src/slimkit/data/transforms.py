@@ -284,8 +284,8 @@ class RandomResizedCrop(_Transform):
                 f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
             )
         self.size = as_hw(size)
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.interp = _check_interp(interp)
 
     def __call__(self, sample: Sample) -> Sample:
@@ -327,8 +327,8 @@ class RandomBoxCrop(_Transform):
             raise ValueError(
                 f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
             )
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.prob = prob
         self.attempts = attempts
 
@@ -402,7 +402,7 @@ class RandomDistort(_Transform):
         return _uniform(max(0.0, 1 - amount), 1 + amount)
 
     def __call__(self, sample: Sample) -> Sample:
-        image = _image(sample).astype(np.float32)
+        image: np.ndarray = _image(sample).astype(np.float32)
         factor = self._factor(self.brightness)
         if factor is not None:
             image *= factor

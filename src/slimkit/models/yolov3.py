@@ -98,6 +98,7 @@ class YOLOv3(nn.Module):
     """
 
     prune_ignore: tuple[str, ...]
+    anchors: torch.Tensor  # a buffer: [num_anchors, 2] (w, h) in input pixels
 
     def __init__(
         self,
@@ -144,16 +145,17 @@ class YOLOv3(nn.Module):
             width_mult=width_mult,
             in_chans=in_chans,
         )
-        reductions = [f["reduction"] for f in self.backbone.feature_info]
+        feature_info: list[dict[str, Any]] = self.backbone.feature_info  # type: ignore[assignment]
+        reductions = [f["reduction"] for f in feature_info]
         if reductions != [8, 16, 32]:
             raise ValueError(f"backbone {backbone!r} must give strides 8/16/32, got {reductions}")
-        self._build_neck([f["num_chs"] for f in self.backbone.feature_info][::-1], neck_width)
+        self._build_neck([f["num_chs"] for f in feature_info][::-1], neck_width)
         self.prune_ignore = tuple(f"heads.{i}" for i in range(len(self.heads)))
 
     def _build_neck(self, backbone_chs: list[int], neck_width: float) -> None:
         """Create detection blocks, route convs and heads for backbone channels (stride 32 first)."""
         widths = [make_divisible(512 * neck_width) // 2**i for i in range(3)]
-        blocks, routes, heads = [], [], []
+        blocks, routes, heads = [], [], list[nn.Conv2d]()
         route_chs = 0
         for i, (in_chs, chs) in enumerate(zip(backbone_chs, widths, strict=True)):
             blocks.append(YoloDetBlock(in_chs + route_chs, chs))
@@ -166,9 +168,9 @@ class YOLOv3(nn.Module):
         self.heads = nn.ModuleList(heads)
         init_weights(self.yolo_blocks)
         init_weights(self.route_convs)
-        for head in self.heads:  # small outputs: ~0.5 probabilities at the start of training
+        for head in heads:  # small outputs: ~0.5 probabilities at the start of training
             nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)
+            nn.init.zeros_(head.bias)  # type: ignore[arg-type]  # nn.Conv2d has one by default
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw head maps at strides 32, 16 and 8, each ``[B, A * (5 + C), H, W]``.

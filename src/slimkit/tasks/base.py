@@ -252,6 +252,7 @@ class BaseTask:
             )
             what = f"{len(ratios)} groups under eval_metric_loss {eval_metric_loss} ({path.name})"
         else:
+            assert ratios is not None
             what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
         x = self.example_inputs().to(next(self.net.parameters()).device)
         self.net, self.prune_plan, summary = prune_net(

@@ -51,8 +51,11 @@ class Detector(BaseTask):
         return {"num_classes": self.num_classes, "input_size": self.input_size, **self.model_kwargs}
 
     @property
-    def head(self) -> torch.nn.Module:
-        """The module that owns anchors, loss and decoding (the FP32 net; rebuilt for Quant models)."""
+    def head(self) -> Any:
+        """The module that owns anchors, loss and decoding (the FP32 net; rebuilt for Quant models).
+
+        Any registered detector with YOLOv3's ``compute_loss`` and ``postprocess`` works.
+        """
         if self.net is not None:
             return self.net
         if getattr(self, "_decoder", None) is None:
