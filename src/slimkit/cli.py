@@ -18,14 +18,13 @@ from slimkit import slim
 from slimkit.bench.report import run_bench
 from slimkit.data.generate import make_dataset
 from slimkit.demo import run_demo
-from slimkit.models import list_models
+from slimkit.models import TASKS, list_models
 from slimkit.prune import CRITERIA, merge_sensitivities
 from slimkit.quant.config import ALGOS
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
-TASKS = ("cls", "det", "seg")
 
 
 def _ratios_arg(text: str) -> float | dict[str, float]:

@@ -1,5 +1,6 @@
 """Model zoo: a timm-style registry (one ModelSpec per name) plus MobileNetV1/V2, YOLOv3 and UNet."""
 
+from ._registry import TASKS as TASKS
 from ._registry import ModelSpec as ModelSpec
 from ._registry import create_model as create_model
 from ._registry import list_models as list_models
