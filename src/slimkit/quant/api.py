@@ -182,7 +182,6 @@ def _slimkit_ranges(
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str], bool]:
     """Histograms (from cache or a calibration run) turned into ranges with ``config.algo``."""
     from . import observers as obs
-    from .ranges import activation_range
 
     tensors = obs.calibration_tensors(model, op_types)
     settings = {
