@@ -372,7 +372,10 @@ def ort_calibrate(
         )
         calibrator.collect_data(_Reader())
         data = calibrator.compute_data()
-    return {name: (float(td.range_value[0]), float(td.range_value[1])) for name, td in data.items()}
+    return {
+        name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1])))
+        for name, td in data.items()
+    }
 
 
 def int8_kernel_ops(path: str | Path, optimize: str = "extended") -> Counter[str]:
