@@ -151,7 +151,9 @@ def detection_set(num: int, seed: int) -> list[tuple[np.ndarray, list[tuple[int,
 def _runs(row: np.ndarray) -> list[tuple[int, int]]:
     """``[start, end)`` of the runs of True in a boolean row."""
     edges = np.diff(np.concatenate([[0], row.view(np.int8), [0]]))
-    return list(zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist()))
+    return list(
+        zip(np.nonzero(edges == 1)[0].tolist(), np.nonzero(edges == -1)[0].tolist(), strict=True)
+    )
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int, int]]]:
@@ -242,7 +244,9 @@ class ForeignCase:
         name = session.get_inputs()[0].name
         outputs = [session.run(None, {name: x})[0] for x, _ in self.items]
         if self.metric_name == "acc":
-            hits = [int(np.argmax(o[0]) == y) for o, (_, y) in zip(outputs, self.items, strict=True)]
+            hits = [
+                int(np.argmax(o[0]) == y) for o, (_, y) in zip(outputs, self.items, strict=True)
+            ]
             return float(np.mean(hits))
         predicted = [db_boxes(o[0, 0]) for o in outputs]
         return f1_score(predicted, [boxes for _, boxes in self.items])

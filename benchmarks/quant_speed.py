@@ -165,7 +165,7 @@ def zoo_case(task: str, args: argparse.Namespace, work: Path, size: int | None =
 
 
 def foreign_case_list(args: argparse.Namespace) -> list[Case]:
-    from quant_foreign import direction_set, detection_set, foreign_cases
+    from quant_foreign import detection_set, direction_set, foreign_cases
 
     cases = []
     for fc in foreign_cases(args.foreign_python, args.foreign_num, args.batch_num):
@@ -266,7 +266,9 @@ def resolution(case: Case) -> str:
 
 def print_case(case: Case) -> None:
     fp32 = case.results["FP32"]["FP32"]
-    print(f"\n## {case.name}: {case.metric_name} x100 on {case.num_eval} images ({resolution(case)})")
+    print(
+        f"\n## {case.name}: {case.metric_name} x100 on {case.num_eval} images ({resolution(case)})"
+    )
     cols = [c for c in COLUMNS if any(c in r for k, r in case.results.items() if k != "FP32")]
     head = f"{'calibration':22s} {'FP32':>7s} " + " ".join(f"{TITLES[c]:>16s}" for c in cols)
     print(head)
