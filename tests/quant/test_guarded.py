@@ -96,10 +96,12 @@ def test_signed_tensor_gets_an_asymmetric_range():
     assert choice.hi > 0.9 * observer.max
 
 
-def test_bounded_activation_keeps_its_known_range(se_gate):
+def test_bounded_activation_is_not_searched(se_gate):
     args = (se_gate.pos_hist, se_gate.neg_hist, se_gate.bin_edges, se_gate.min, se_gate.max)
     choice = choose_range(*args, bound=(0.0, 1.0))
-    assert (choice.lo, choice.hi, choice.method) == (0.0, 1.0, "bound")
+    assert (choice.lo, choice.hi, choice.method) == (0.0, se_gate.max, "bound")  # no clipping
+    hard_sigmoid_saturated = choose_range(*args[:3], 0.0, 1.0000001, bound=(0.0, 1.0))
+    assert hard_sigmoid_saturated.hi == 1.0  # clamped into the bound
     unbounded = choose_range(*args)
     assert unbounded.lo == 0.0 and unbounded.hi >= 0.72  # still not collapsed without the bound
 

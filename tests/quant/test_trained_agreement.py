@@ -95,4 +95,5 @@ def test_kl_int8_keeps_the_predictions_of_a_trained_net(tmp_path, net_class):
     assert agreement >= 0.95
     if net_class is SEGateNet:
         gate = _gate_tensor(str(result.fp32_path))
-        assert result.range_methods[gate] == "bound" and result.ranges[gate] == (0.0, 1.0)
+        assert result.range_methods[gate] == "bound"
+        assert result.ranges[gate][0] == 0.0 and 0.25 < result.ranges[gate][1] <= 1.0

@@ -56,7 +56,10 @@ def _reduce_mean(opset: int, name: str, axes: list[int], out: str) -> list[Any]:
 
     if opset >= 18:
         axes_init = onnx.numpy_helper.from_array(np.array(axes, dtype=np.int64), f"{out}_axes")
-        return [onnx.helper.make_node("ReduceMean", [name, axes_init.name], [out], keepdims=0), axes_init]
+        return [
+            onnx.helper.make_node("ReduceMean", [name, axes_init.name], [out], keepdims=0),
+            axes_init,
+        ]
     return [onnx.helper.make_node("ReduceMean", [name], [out], axes=axes, keepdims=0)]
 
 
@@ -102,8 +105,13 @@ def _add_probe(
     axes = [0, *range(2, rank)] if layer.op_type == "Conv" else [0]
     opset = next((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), 13)
     mean, mean_sq = p + "mean", p + "mean_sq"
-    for item in [*_reduce_mean(opset, diff, axes, mean), *_reduce_mean(opset, square, axes, mean_sq)]:
-        (fp32.graph.node if isinstance(item, onnx.NodeProto) else fp32.graph.initializer).append(item)
+    for item in [
+        *_reduce_mean(opset, diff, axes, mean),
+        *_reduce_mean(opset, square, axes, mean_sq),
+    ]:
+        (fp32.graph.node if isinstance(item, onnx.NodeProto) else fp32.graph.initializer).append(
+            item
+        )
     fp32.graph.node.extend(nodes)
     fp32.graph.output.extend([onnx.ValueInfoProto(name=mean), onnx.ValueInfoProto(name=mean_sq)])
     return mean, mean_sq
@@ -210,4 +218,3 @@ def apply_bias_corrections(
         changed += 1
     onnx.save(model, str(out_path))
     return changed
-

@@ -8,8 +8,11 @@ The plain TensorRT entropy search (`slimkit.quant.kl_threshold`) has failure mod
   candidates that clip at most `MAX_CLIP_SHARE` of the (zero-spike neutralised) mass and keep
   mass in at least `MIN_OCCUPIED_LEVELS` quantization levels;
 * **bounded activations** (sigmoid, hard-sigmoid, softmax ``[0, 1]``, tanh ``[-1, 1]``,
-  ReLU6 / Clip ``[lo, hi]``): their range is known, nothing is searched (`choose_range` with
-  ``bound``), so ten calibration images that never reach the bound cannot clip it;
+  ReLU6 / Clip ``[lo, hi]``) have no outliers: nothing is searched (`choose_range` with
+  ``bound``), they keep their observed min-max inside the bound. (The whole bound was tried first:
+  on the PP-OCR direction classifier ``[0, 6]`` for every ReLU6/Clip cost 1.1 pp of accuracy
+  against min-max — most of those tensors never come near 6 — while the observed range costs
+  nothing);
 * **one search is not best everywhere**: each side of a tensor gets three candidate thresholds
   (the guarded KL threshold, the observed maximum, a percentile) and the pair with the smallest
   expected squared quantization error (`expected_mse`, computed from the histograms) wins. For
@@ -181,7 +184,8 @@ def choose_range(
         vmin: Smallest value observed.
         vmax: Largest value observed.
         zeros: Exact zeros among the values.
-        bound: ``(lo, hi)`` the producing op guarantees (both finite), or None.
+        bound: ``(lo, hi)`` the producing op guarantees (both finite), or None: then the observed
+            ``[min, max]`` (clamped into the bound) is the range, unsearched.
         num_levels: Levels of the KL search on each side.
         percentile: Share of a side kept by the percentile candidate.
 
@@ -189,7 +193,9 @@ def choose_range(
         The `RangeChoice`; ``lo <= 0 <= hi`` always.
     """
     if bound is not None and np.isfinite(bound).all() and bound[0] < bound[1]:
-        return RangeChoice(min(float(bound[0]), 0.0), max(float(bound[1]), 0.0), "bound", 0.0)
+        lo = max(min(vmin, 0.0), min(float(bound[0]), 0.0))
+        hi = min(max(vmax, 0.0), max(float(bound[1]), 0.0))
+        return RangeChoice(lo, hi, "bound", 0.0)
     edges = np.asarray(bin_edges, dtype=np.float64)
     pos = _side_candidates(np.asarray(pos_hist), edges, max(vmax, 0.0), num_levels, percentile)
     neg = _side_candidates(np.asarray(neg_hist), edges, max(-vmin, 0.0), num_levels, percentile)
