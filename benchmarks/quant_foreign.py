@@ -252,13 +252,16 @@ class ForeignCase:
         return f1_score(predicted, [boxes for _, boxes in self.items])
 
 
-def foreign_cases(python: str, num_eval: int, batch_num: int) -> list[ForeignCase]:
-    """The two PP-OCR cases (empty when the wheel is not installed for ``python``)."""
+def foreign_cases(python: str, num_eval: tuple[int, int], batch_num: int) -> list[ForeignCase]:
+    """The two PP-OCR cases (empty when the wheel is not installed for ``python``).
+
+    ``num_eval``: evaluation images of the direction classifier and of the detector.
+    """
     models = find_models(python)
     if models is None:
         return []
-    cls_items = direction_set(num_eval, seed=1)
-    det_items = detection_set(num_eval, seed=1)
+    cls_items = direction_set(num_eval[0], seed=1)
+    det_items = detection_set(num_eval[1], seed=1)
     cls_calib = [x for x, _ in direction_set(batch_num, seed=99)]
     det_calib = [x for x, _ in detection_set(batch_num, seed=99)]
     return [

@@ -168,7 +168,8 @@ def foreign_case_list(args: argparse.Namespace) -> list[Case]:
     from quant_foreign import detection_set, direction_set, foreign_cases
 
     cases = []
-    for fc in foreign_cases(args.foreign_python, args.foreign_num, args.batch_num):
+    nums = (args.foreign_num, args.foreign_det_num)
+    for fc in foreign_cases(args.foreign_python, nums, args.batch_num):
         make = direction_set if fc.metric_name == "acc" else detection_set
         calib = {"val head": [x for x, _ in fc.items[: args.batch_num]]}
         for seed in args.seeds:
@@ -191,7 +192,12 @@ def run_case(case: Case, args: argparse.Namespace, work: Path) -> None:
             if column == "nncf":
                 if not nncf:
                     continue
-                path = nncf_int8(case, calib, out, args.nncf_python)
+                try:
+                    path = nncf_int8(case, calib, out, args.nncf_python)
+                except subprocess.CalledProcessError as error:
+                    tail = error.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                    print(f"  [{case.name}] NNCF failed: {tail}")
+                    continue
             else:
                 path = slimkit_int8(case, column, calib, out)
             row[column] = case.evaluate(path)
@@ -310,7 +316,8 @@ def main() -> None:
     parser.add_argument("--nncf-python", default=None, help="python of an env with nncf")
     parser.add_argument("--foreign", action="store_true", help="also the PP-OCR ONNX models")
     parser.add_argument("--foreign-python", default=None, help="python with rapidocr-onnxruntime")
-    parser.add_argument("--foreign-num", type=int, default=1000, help="foreign eval images")
+    parser.add_argument("--foreign-num", type=int, default=1000, help="direction eval images")
+    parser.add_argument("--foreign-det-num", type=int, default=300, help="detector eval images")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50, help="timed runs (0: no latency)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -342,9 +349,9 @@ def main() -> None:
     print("\n## slimkit KL vs the best of ORT MinMax / ORT Entropy / NNCF (val head, pp)")
     for case in cases:
         print(f"  {case.name:34s} {best_gap(case):+6.2f}")
-    if not args.no_memory:
+    if not args.no_memory and cases:
         print("\n## peak RSS growth of one quantize call (fresh process; MB, seconds)")
-        for case in [cases[0], *(c for c in cases if "det" in c.name and "ppocr" in c.name)]:
+        for case in [cases[0], *(c for c in cases[1:] if c.name.startswith("ppocr_det"))]:
             mem = peak_memory(case, work / "memory")
             cells = ", ".join(f"{k} {mb:.0f} MB ({s:.0f} s)" for k, (mb, s) in mem.items())
             print(f"  {case.name}: {cells}; KL/min-max {mem['KL'][0] / mem['minmax'][0]:.2f}")
