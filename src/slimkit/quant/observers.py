@@ -344,7 +344,9 @@ def _clip_bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tupl
     return bounds[0], bounds[1]
 
 
-def _scaled(bounds: tuple[float, float], node: onnx.NodeProto, constants: dict[str, np.ndarray]):
+def _scaled(
+    bounds: tuple[float, float], node: onnx.NodeProto, constants: dict[str, np.ndarray]
+) -> tuple[float, float] | None:
     """Bounds after ``Mul``/``Div`` by a positive scalar constant, else None."""
     other = next((constants.get(i) for i in node.input[1:] if i in constants), None)
     if other is None or other.size != 1 or float(other.reshape(())) <= 0.0:
