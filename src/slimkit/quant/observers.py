@@ -205,7 +205,8 @@ def _augmented_model_bytes(model: onnx.ModelProto, tensors: Sequence[str]) -> by
     for name in tensors:
         if name not in present:
             augmented.graph.output.append(onnx.ValueInfoProto(name=name))
-    return augmented.SerializeToString()
+    data: bytes = augmented.SerializeToString()
+    return data
 
 
 def collect_histograms(

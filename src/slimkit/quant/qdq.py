@@ -359,7 +359,7 @@ def ort_calibrate(
     batch_dims = {i.name: (i.shape[0] if i.shape else None) for i in session.get_inputs()}
     chunks = (chunk for feed in feeds for chunk in split_feed(feed, batch_dims))
 
-    class _Reader(CalibrationDataReader):
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(chunks, None)
 
