@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 from slimkit.quant import kl_threshold
 from slimkit.quant.guarded import (
     MAX_CLIP_SHARE,
+    MIN_MSE_GAIN,
     MIN_OCCUPIED_LEVELS,
     choose_range,
     expected_mse,
@@ -140,3 +141,25 @@ def test_bounded_tensors_reads_sigmoid_clip_and_scaled_clip(opset):
         "d": (0.0, 1.0),
         "g": (-1.0, 1.0),
     }
+
+
+def test_clipping_needs_a_clear_gain_over_min_max():
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=200000)
+    observer = _observe(values)
+    args = (observer.pos_hist, observer.neg_hist, observer.bin_edges, observer.min, observer.max)
+    plain_least_error = choose_range(*args, min_gain=1.0)
+    assert plain_least_error.method != "minmax"  # clipping a Gaussian's tail looks a bit better
+    guarded = choose_range(*args)
+    assert (guarded.lo, guarded.hi, guarded.method) == (observer.min, observer.max, "minmax")
+    assert guarded.mse < MIN_MSE_GAIN * plain_least_error.mse
+
+
+def test_a_far_outlier_is_still_clipped():
+    rng = np.random.default_rng(5)
+    # one value in 4 M: its squared clipping error is 5x smaller than min-max's rounding noise
+    values = np.concatenate([rng.normal(size=4000000), [500.0]])
+    observer = _observe(values)
+    args = (observer.pos_hist, observer.neg_hist, observer.bin_edges, observer.min, observer.max)
+    choice = choose_range(*args)
+    assert choice.method != "minmax" and choice.hi < 10.0  # not a 500-wide range for one value
