@@ -169,7 +169,10 @@ def foreign_case_list(args: argparse.Namespace) -> list[Case]:
 
     cases = []
     nums = (args.foreign_num, args.foreign_det_num)
+    wanted = {c.strip() for c in args.foreign_cases.split(",")}
     for fc in foreign_cases(args.foreign_python, nums, args.batch_num):
+        if fc.name.split()[0] not in wanted:
+            continue
         make = direction_set if fc.metric_name == "acc" else detection_set
         calib = {"val head": [x for x, _ in fc.items[: args.batch_num]]}
         for seed in args.seeds:
@@ -318,6 +321,7 @@ def main() -> None:
     parser.add_argument("--foreign-python", default=None, help="python with rapidocr-onnxruntime")
     parser.add_argument("--foreign-num", type=int, default=1000, help="direction eval images")
     parser.add_argument("--foreign-det-num", type=int, default=300, help="detector eval images")
+    parser.add_argument("--foreign-cases", default="ppocr_cls,ppocr_det", help="which of them")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=50, help="timed runs (0: no latency)")
     parser.add_argument("--rounds", type=int, default=5)
