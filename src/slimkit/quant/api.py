@@ -397,7 +397,11 @@ def _ort_ranges(
 def _latencies(
     fp32_path: Path, int8_path: Path, batch: Any, input_names: list[str]
 ) -> dict[str, float]:
-    """Median ORT CPU latency (ms, 1 thread) of both models, interleaved over three rounds."""
+    """Median ORT CPU latency (ms, 1 thread) of both models, interleaved over three rounds.
+
+    Each round runs a model at most five times and stops after 0.3 s of it, so a large model
+    costs about two seconds in all.
+    """
     import time
 
     from .runtime import make_session, split_feed
@@ -409,10 +413,15 @@ def _latencies(
     for _ in range(3):
         for key, session in sessions.items():
             session.run(None, feed)  # warm-up
+            spent = 0.0
             for _ in range(5):
                 start = time.perf_counter()
                 session.run(None, feed)
-                times[key].append(1e3 * (time.perf_counter() - start))
+                took = time.perf_counter() - start
+                times[key].append(1e3 * took)
+                spent += took
+                if spent > 0.3:
+                    break
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
