@@ -11,7 +11,7 @@ DejaVu fonts:
 * **direction**: one short word (small, low contrast, blurred) on a light, noisy background, upright (label 0) or
   rotated by 180 degrees (label 1); preprocessed exactly as rapidocr does (height 48, width
   <= 192, zero padding, ``(x / 255 - 0.5) / 0.5``). Metric: accuracy.
-* **text detection**: 320x320 images with 1-4 non-overlapping text lines, ground-truth boxes from
+* **text detection**: 320x320 images with 1-5 non-overlapping text lines (half of them hard ones), ground-truth boxes from
   the renderer. Post-processing as DB's: probability > 0.3, connected components, mean score
   >= 0.5, boxes expanded by ``area * 1.6 / perimeter``. A prediction matches a ground-truth box
   at IoU >= 0.5 (greedy, one to one). Metric: F1.
@@ -118,8 +118,8 @@ def _det_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, in
     """A 320x320 image with 1-4 non-overlapping text lines, and their xyxy boxes."""
     canvas = _background(rng, DET_SIZE, DET_SIZE)
     boxes: list[tuple[int, int, int, int]] = []
-    for _ in range(int(rng.integers(1, 5))):
-        line = _text_line(rng)[:, :, :]
+    for _ in range(int(rng.integers(1, 6))):
+        line = _text_line(rng, hard=bool(rng.integers(0, 2)))
         h, w = line.shape[:2]
         if w >= DET_SIZE - 8 or h >= DET_SIZE // 4:
             continue

@@ -209,7 +209,7 @@ def run_case(case: Case, args: argparse.Namespace, work: Path) -> None:
     assert case.fp32 is not None
     case.results["FP32"] = {"FP32": case.evaluate(case.fp32)}
     head = next(iter(case.calib.values()))
-    for variant in ABLATION:
+    for variant in () if args.no_ablation else ABLATION:
         path = slimkit_int8(case, variant, head, work / f"ablation_{variant}.onnx")
         case.ablation[variant] = case.evaluate(path)
     if args.runs > 0:
@@ -326,6 +326,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50, help="timed runs (0: no latency)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny demo models: a script check")
     args = parser.parse_args()
     args.demo_dir = args.demo_dir or ("demo_output_quick" if args.quick else "demo_output")
