@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slimkit._io import atomic_write_json
 
 from .config import QuantConfig
 from .runtime import to_feed
@@ -358,7 +359,7 @@ def quantize(
                 result.latency_ms["int8"],
                 result.latency_ms["fp32"],
             )
-    result.report_path.write_text(json.dumps(result.to_dict(), indent=1))
+    atomic_write_json(result.report_path, result.to_dict())
     return result
 
 
