@@ -117,13 +117,8 @@ def has_nncf(python: str | None) -> bool:
 
 def ort_metric(model: Any, onnx_path: Path, val_ds: Any) -> float:
     """The task's metric of an ONNX model on ``val_ds`` (as ``slim.export_quant_model``)."""
-    from slimkit.tasks.loading import OrtRunner
-
-    model._ort = OrtRunner(onnx_path, threads=1)
-    try:
+    with model.using_onnx(onnx_path, threads=1):
         return float(model.evaluate(val_ds)[model.metric_name])
-    finally:
-        model._ort = None
 
 
 def inputs_of(model: Any, dataset: Any, indices: list[int]) -> list[np.ndarray]:
