@@ -209,17 +209,19 @@ def run_case(case: Case, args: argparse.Namespace, work: Path) -> None:
         case.ablation[variant] = case.evaluate(path)
     if args.runs > 0:
         kl = work / f"{next(iter(case.calib)).replace(' ', '_')}_KL.onnx"
-        case.latency = latency_pair(case.fp32, kl, args)
+        case.latency = latency_pair(case.fp32, kl, args, head[0].shape)
 
 
-def latency_pair(fp32: Path, int8: Path, args: argparse.Namespace) -> dict[str, float]:
-    """Best-of-rounds median ORT CPU latency (ms) of both models, interleaved."""
+def latency_pair(
+    fp32: Path, int8: Path, args: argparse.Namespace, shape: tuple[int, ...]
+) -> dict[str, float]:
+    """Best-of-rounds median ORT CPU latency (ms) of both models on ``shape``, interleaved."""
     from slimkit.bench.latency import onnx_latency
 
     best = {"fp32": float("inf"), "int8": float("inf")}
     for _ in range(args.rounds):
         for key, path in (("fp32", fp32), ("int8", int8)):
-            stats = onnx_latency(path, None, threads=args.threads, warmup=3, runs=args.runs)
+            stats = onnx_latency(path, shape, threads=args.threads, warmup=3, runs=args.runs)
             best[key] = min(best[key], stats.median_ms)
     return best
 
@@ -369,7 +371,7 @@ def headline(args: argparse.Namespace, work: Path) -> None:
         drop = 100 * (case.evaluate(case.fp32) - case.evaluate(int8))
         ratio = float("nan")
         if args.runs > 0:
-            lat = latency_pair(case.fp32, int8, args)
+            lat = latency_pair(case.fp32, int8, args, case.calib["val head"][0].shape)
             ratio = lat["int8"] / lat["fp32"]
     print(f"\n  target INT8/FP32 <= {TARGET_RATIO} at 224 ({args.threads} thread(s))")
     print(f"INT8/FP32 latency ratio (mobilenetv2 224): {ratio:.2f} metric drop: {drop:.2f}")
