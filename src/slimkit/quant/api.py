@@ -317,13 +317,9 @@ def quantize(
     excluded = resolve_nodes(model, config.exclude)
     _check_quantizable(model, op_types, excluded)
     input_names = _graph_inputs(model)
-    how: dict[str, str] = {}
-    if config.algo.startswith("ort_"):
-        ranges, cached = _ort_ranges(fp32_path, batches, input_names, op_types, config.algo), False
-    else:
-        ranges, how, cached = _slimkit_ranges(
-            fp32_path, model, batches, input_names, op_types, config, cache_dir
-        )
+    ranges, how, cached = _ranges(
+        fp32_path, model, batches, input_names, op_types, config, cache_dir
+    )
     opset = _default_opset(model)
     with tempfile.TemporaryDirectory(prefix="slimkit_quant_", dir=save_path.parent) as tmp:
         source = Path(tmp) / "source.onnx"
@@ -352,15 +348,36 @@ def quantize(
         if eval_fn is not None:
             _evaluate(result, eval_fn, write, batches, input_names, excluded)
     if config.latency_check:
-        result.latency_ms = _latencies(fp32_path, save_path, batches.first, input_names)
-        if not result.int8_faster:
-            log.warning(
-                "INT8 is not faster than FP32 on this CPU (%.3g ms vs %.3g ms, 1 thread)",
-                result.latency_ms["int8"],
-                result.latency_ms["fp32"],
-            )
+        _check_latency(result, batches.first, input_names)
     atomic_write_json(result.report_path, result.to_dict())
     return result
+
+
+def _ranges(
+    fp32_path: Path,
+    model: Any,
+    batches: _Batches,
+    input_names: list[str],
+    op_types: list[str],
+    config: QuantConfig,
+    cache_dir: str | Path | None,
+) -> tuple[dict[str, tuple[float, float]], dict[str, str], bool]:
+    """``(ranges, how each was chosen, from cache)`` by slimkit's or onnxruntime's calibration."""
+    if config.algo.startswith("ort_"):
+        ranges = _ort_ranges(fp32_path, batches, input_names, op_types, config.algo)
+        return ranges, {}, False
+    return _slimkit_ranges(fp32_path, model, batches, input_names, op_types, config, cache_dir)
+
+
+def _check_latency(result: QuantResult, batch: Any, input_names: list[str]) -> None:
+    """Fill ``result.latency_ms``; warn when INT8 is not faster than FP32."""
+    result.latency_ms = _latencies(result.fp32_path, result.model_path, batch, input_names)
+    if not result.int8_faster:
+        log.warning(
+            "INT8 is not faster than FP32 on this CPU (%.3g ms vs %.3g ms, 1 thread)",
+            result.latency_ms["int8"],
+            result.latency_ms["fp32"],
+        )
 
 
 def _default_opset(model: Any) -> int:
