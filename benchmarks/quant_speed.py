@@ -288,8 +288,9 @@ def print_case(case: Case) -> None:
     if len(seeds) > 1:
         spread = [f"{100 * np.std([r[c] for r in seeds]):16.2f}" for c in cols]
         print(f"{'std over seeds (pp)':22s} {'':7s} " + " ".join(spread))
-    ablation = ", ".join(f"{k} {100 * v:.2f}" for k, v in case.ablation.items())
-    print(f"  ablation (val head; -bc: no bias correction): {ablation}")
+    if case.ablation:
+        ablation = ", ".join(f"{k} {100 * v:.2f}" for k, v in case.ablation.items())
+        print(f"  ablation (val head; -bc: no bias correction): {ablation}")
     if case.latency:
         ratio = case.latency["int8"] / case.latency["fp32"]
         print(
