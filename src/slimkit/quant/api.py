@@ -172,7 +172,7 @@ def _data_fingerprint(feed: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _slimkit_ranges(
+def _ranges(
     fp32_path: Path,
     model: Any,
     batches: _Batches,
@@ -181,9 +181,16 @@ def _slimkit_ranges(
     config: QuantConfig,
     cache_dir: str | Path | None,
 ) -> tuple[dict[str, tuple[float, float]], dict[str, str], bool]:
-    """Histograms (from cache or a calibration run) turned into ranges with ``config.algo``."""
+    """``(ranges, how each was chosen, from cache)`` with ``config.algo``.
+
+    slimkit's algos: histograms (from cache or a calibration run) turned into ranges;
+    ``"ort_*"``: onnxruntime's own calibrators.
+    """
     from . import observers as obs
 
+    if config.algo.startswith("ort_"):
+        ranges = _ort_ranges(fp32_path, batches, input_names, op_types, config.algo)
+        return ranges, {}, False
     tensors = obs.calibration_tensors(model, op_types)
     settings = {
         "num_bins": config.num_bins,
@@ -351,22 +358,6 @@ def quantize(
         _check_latency(result, batches.first, input_names)
     atomic_write_json(result.report_path, result.to_dict())
     return result
-
-
-def _ranges(
-    fp32_path: Path,
-    model: Any,
-    batches: _Batches,
-    input_names: list[str],
-    op_types: list[str],
-    config: QuantConfig,
-    cache_dir: str | Path | None,
-) -> tuple[dict[str, tuple[float, float]], dict[str, str], bool]:
-    """``(ranges, how each was chosen, from cache)`` by slimkit's or onnxruntime's calibration."""
-    if config.algo.startswith("ort_"):
-        ranges = _ort_ranges(fp32_path, batches, input_names, op_types, config.algo)
-        return ranges, {}, False
-    return _slimkit_ranges(fp32_path, model, batches, input_names, op_types, config, cache_dir)
 
 
 def _check_latency(result: QuantResult, batch: Any, input_names: list[str]) -> None:
