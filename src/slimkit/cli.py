@@ -21,6 +21,7 @@ from slimkit.demo import run_demo
 from slimkit.models import TASKS, list_models
 from slimkit.prune import CRITERIA, merge_sensitivities
 from slimkit.quant.config import ALGOS
+from slimkit.tasks.budget import PRUNE_MODES
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
 
@@ -102,6 +103,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         pretrain_weights=a.pretrain,
         sensitivities_file=a.sensitivities,
         eval_metric_loss=a.eval_metric_loss,
+        prune_mode=a.prune_mode,
+        pruned_flops=a.pruned_flops,
         prune_round_to=a.round_to or None,
         save_interval_epochs=a.save_interval,
     )
@@ -255,6 +258,18 @@ def _add_train(sub: Subparsers) -> None:
     tr.add_argument("--pretrain", help="model directory whose weights initialise training")
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=float, default=0.05)
+    tr.add_argument(
+        "--prune-mode",
+        choices=PRUNE_MODES,
+        default="budget",
+        help="budget: back the ratios off until the pruned model is within the budget "
+        "(default); per_group: PaddleX's per-group choice",
+    )
+    tr.add_argument(
+        "--pruned-flops",
+        type=float,
+        help="instead of --eval-metric-loss, remove this fraction of the FLOPs (0.4 keeps 60%%)",
+    )
     tr.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
 
 

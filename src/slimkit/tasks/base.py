@@ -28,8 +28,14 @@ from slimkit.data import collate_fn
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
 from slimkit.tasks import modeldir
+from slimkit.tasks.budget import (
+    PruneRecord,
+    check_prune_options,
+    prune_with_sensitivities,
+    report_final,
+)
 from slimkit.tasks.logging import log
-from slimkit.tasks.pruning import prune_net, ratios_within_loss, resolve_sensitivities
+from slimkit.tasks.pruning import prune_net, resolve_sensitivities
 from slimkit.tasks.runtime import OrtRunner
 
 
@@ -65,6 +71,7 @@ class BaseTask:
         self.model_kwargs = dict(model_kwargs)
         self.status = "Normal"
         self.prune_plan: dict[str, Any] | None = None
+        self.prune_record: PruneRecord | None = None  # how train/prune chose the ratios
         self.metrics: dict[str, float] = {}
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net: nn.Module | None = self._build_net()
@@ -213,6 +220,9 @@ class BaseTask:
         *,
         sensitivities_file: str | os.PathLike | None = None,
         eval_metric_loss: float = 0.05,
+        prune_mode: str = "budget",
+        pruned_flops: float | None = None,
+        eval_dataset: Any = None,
         criterion: str = "l1",
         round_to: int | None = 8,
         log_fn: Callable[[str], None] = log,
@@ -225,42 +235,97 @@ class BaseTask:
         Args:
             ratios: One ratio for every prunable group, or ``{group: ratio}``.
             sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
-                Groups are pruned at the largest ratio within ``eval_metric_loss``.
-            eval_metric_loss: Budget of relative metric loss per pruned group.
+                Groups are pruned at the largest ratio within ``eval_metric_loss`` (per group),
+                checked on ``eval_dataset`` as ``prune_mode`` says.
+            eval_metric_loss: Budget of relative metric loss, in (0, 1).
+            prune_mode: ``"budget"`` (default; needs ``eval_dataset``) or ``"per_group"``
+                (PaddleX's rule); see :mod:`slimkit.tasks.budget`.
+            pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of
+                choosing by the loss budget (the loss is measured and warned about).
+            eval_dataset: The evaluation set the losses are measured on.
             criterion: Channel importance (see ``slimkit.prune.CRITERIA``).
             round_to: Kept channels of each group rounded up to a multiple of this (None: exact).
                 On a 2-core AVX-512 CPU, MobileNetV2 pruned to 44 % of its MACs with odd channel
                 counts ran 1.58x slower in ONNX Runtime than the original at 64 px, and 2x faster
                 with ``round_to=8``.
-            log_fn: Receives one line: groups, params and FLOPs before and after.
+            log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
 
         Returns:
             The ratios applied (for ``sensitivities_file``, the chosen ``{group: ratio}``).
 
         Raises:
-            ValueError: a Quant model, both or neither of ``ratios``/``sensitivities_file``, or a
-                sensitivity file that does not belong to this model.
+            ValueError: a Quant model, both or neither of ``ratios``/``sensitivities_file``, a
+                sensitivity file that does not belong to this model, or bad pruning options.
         """
         if self.net is None:
             raise ValueError("a Quant model cannot be pruned; prune the FP32 model, then quantize")
         if (ratios is None) == (sensitivities_file is None):
             raise ValueError("give either ratios or sensitivities_file to prune")
-        if sensitivities_file is not None:
-            path = resolve_sensitivities(self.sensitivity_key, sensitivities_file)
-            ratios = ratios_within_loss(
-                path, eval_metric_loss, self.sensitivity_key, self.architecture
-            )
-            what = f"{len(ratios)} groups under eval_metric_loss {eval_metric_loss} ({path.name})"
-        else:
-            assert ratios is not None
-            what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
         x = self.example_inputs().to(next(self.net.parameters()).device)
-        self.net, self.prune_plan, summary = prune_net(
-            self.net, ratios, x, self.prune_plan, criterion, round_to
+        if sensitivities_file is None:
+            if pruned_flops is not None:
+                raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
+            assert ratios is not None
+            self.net, self.prune_plan, summary = prune_net(
+                self.net, ratios, x, self.prune_plan, criterion, round_to
+            )
+            self.status = "Prune"
+            what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
+            log_fn(f"pruned {what}: {summary}")
+            return dict(ratios) if isinstance(ratios, Mapping) else ratios
+        return self._prune_by_sensitivities(
+            sensitivities_file,
+            {
+                "eval_metric_loss": eval_metric_loss,
+                "mode": prune_mode,
+                "pruned_flops": pruned_flops,
+                "criterion": criterion,
+                "round_to": round_to,
+            },
+            eval_dataset,
+            x,
+            log_fn,
         )
-        self.status = "Prune"
-        log_fn(f"pruned {what}: {summary}")
-        return dict(ratios) if isinstance(ratios, Mapping) else ratios
+
+    def _prune_by_sensitivities(
+        self,
+        sensitivities_file: str | os.PathLike,
+        options: dict[str, Any],
+        eval_dataset: Any,
+        x: torch.Tensor,
+        log_fn: Callable[[str], None],
+    ) -> dict[str, float]:
+        """Method 1/2 pruning (see ``prune``); keeps the record written to ``model.yml``."""
+        assert self.net is not None
+        check_prune_options(**options, has_eval=eval_dataset is not None)
+        evaluate = None if eval_dataset is None else self._evaluator(eval_dataset)
+        chosen, self.prune_record = prune_with_sensitivities(
+            self.net,
+            (sensitivities_file, self.sensitivity_key, self.architecture),
+            x,
+            self.prune_plan,
+            options,
+            evaluate,
+            self.metric_name,
+            log_fn,
+        )
+        if chosen.ratios:
+            self.net, self.prune_plan, self.status = chosen.net, chosen.plan, "Prune"
+            log_fn(f"pruned {len(chosen.ratios)} groups: {chosen.summary}")
+        self.metrics = dict(chosen.metrics or {})  # the pretrain model's are no longer this one's
+        return dict(chosen.ratios)
+
+    def _evaluator(self, eval_dataset: Any) -> Callable[[nn.Module], dict[str, float]]:
+        """``evaluate(eval_dataset)`` of another net (this model's ``net`` is restored after)."""
+
+        def evaluate(net: nn.Module) -> dict[str, float]:
+            previous, self.net = self.net, net
+            try:
+                return self.evaluate(eval_dataset)
+            finally:
+                self.net = previous
+
+        return evaluate
 
     # -- training ------------------------------------------------------------------------------
     def train(
@@ -280,6 +345,8 @@ class BaseTask:
         weight_decay: float = 4e-5,
         sensitivities_file: str | os.PathLike | None = None,
         eval_metric_loss: float = 0.05,
+        prune_mode: str = "budget",
+        pruned_flops: float | None = None,
         prune_round_to: int | None = 8,
         num_workers: int = 0,
         progress: bool = True,
@@ -301,8 +368,16 @@ class BaseTask:
             lr_decay_epochs: Piecewise decay (×0.1) at these epochs; cosine decay when None.
             weight_decay: L2 weight decay.
             sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
-                The net (trained weights) is pruned under ``eval_metric_loss`` before training.
-            eval_metric_loss: Budget of relative metric loss per pruned group.
+                The net (trained weights) is pruned under ``eval_metric_loss`` before training;
+                after it, the best model's metric and its relative loss against the unpruned
+                model are logged and written to ``model.yml`` (``pruning:``), with a
+                :class:`~slimkit.tasks.budget.BudgetWarning` when the loss exceeds the budget.
+            eval_metric_loss: Budget of relative metric loss of the pruned model, in (0, 1).
+            prune_mode: ``"budget"`` (default; needs ``eval_dataset``): the ratios are backed
+                off until the pruned model loses at most ``LOSS_FACTOR × eval_metric_loss``
+                before fine-tuning. ``"per_group"``: PaddleX's rule; see ``prune``.
+            pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of choosing
+                by the loss budget (losses are reported and warned about, never backed off).
             prune_round_to: Kept channels of each pruned group rounded up to a multiple of this
                 (SIMD-friendly shapes; None keeps the exact ratios).
             num_workers: DataLoader workers.
@@ -313,6 +388,13 @@ class BaseTask:
         """
         if num_epochs < 0:
             raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
+        if sensitivities_file is not None:
+            resolve_sensitivities(self.sensitivity_key, sensitivities_file)  # exists, or DEFAULT
+            check_prune_options(
+                eval_metric_loss, prune_mode, pruned_flops, has_eval=eval_dataset is not None
+            )
+        elif pruned_flops is not None:
+            raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         if pretrain_weights is not None:
@@ -321,6 +403,9 @@ class BaseTask:
             self.prune(
                 sensitivities_file=sensitivities_file,
                 eval_metric_loss=eval_metric_loss,
+                prune_mode=prune_mode,
+                pruned_flops=pruned_flops,
+                eval_dataset=eval_dataset,
                 round_to=prune_round_to,
             )
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
@@ -344,6 +429,8 @@ class BaseTask:
             save_dir,
             progress,
         )
+        if sensitivities_file is not None and self.prune_record is not None:
+            report_final(self.prune_record, best or self.metrics, log)
         return best
 
     def _fit(
@@ -429,8 +516,8 @@ class BaseTask:
 
     # -- saving / loading ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """The ``model.yml`` content of this model."""
-        return {
+        """The ``model.yml`` content of this model (``pruning``: see ``PruneRecord.to_dict``)."""
+        info = {
             "task": self.task,
             "architecture": self.architecture,
             "model_class": type(self).__name__,
@@ -444,6 +531,9 @@ class BaseTask:
             "metric_name": self.metric_name,
             "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
+        if self.prune_record is not None:
+            info["pruning"] = self.prune_record.to_dict(self.metrics)
+        return info
 
     def save(self, save_dir: str | os.PathLike) -> Path:
         """Write the model directory as one unit: weights, pruning plan (if pruned), ``model.yml``.
