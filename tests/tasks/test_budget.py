@@ -233,3 +233,22 @@ def test_cli_flags(seg_data, sens_file, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("slimkit: error: pruned_flops is the fraction of FLOPs to remove")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_adaptive_bn_re_estimates_batchnorm_on_training_images():
+    from slimkit.tasks.budget import adaptive_bn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    net.eval()
+    weights = net[0].weight.clone()
+    batches = [(torch.randn(3, 3, 8, 8) * 2 + 1, None) for _ in range(4)]
+    adaptive_bn(iter(batches), images=6)(net)  # reads two batches of three, not four
+    with torch.no_grad():  # the average over the batches of each batch's statistics
+        feats = [net[0](x).transpose(0, 1).flatten(1) for x, _ in batches[:2]]
+    mean = torch.stack([f.mean(1) for f in feats]).mean(0)
+    var = torch.stack([f.var(1, unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(net[1].running_mean, mean)
+    torch.testing.assert_close(net[1].running_var, var)
+    assert net[1].momentum == 0.1 and not any(m.training for m in net.modules())
+    assert torch.equal(net[0].weight, weights)
