@@ -3,7 +3,8 @@
 ``eval_metric_loss`` is a promise about the model the user gets. PaddleSlim picks each group's ratio
 as if it were pruned alone (``prune_mode="per_group"``); the losses of all groups together are
 larger. With ``prune_mode="budget"`` (the default) the combined pruned model is evaluated once
-before fine-tuning; when its measured relative loss exceeds ``LOSS_FACTOR × eval_metric_loss``
+before fine-tuning (after re-estimating its BatchNorm statistics on training images,
+:func:`adaptive_bn`); when its measured relative loss exceeds ``LOSS_FACTOR × eval_metric_loss``
 (fine-tuning recovers part of the loss, not all of it) the per-group budgets are scaled down
 together — the ratios become ``get_ratios_by_loss(sens, s × eval_metric_loss)`` — and ``s`` is
 bisected in (0, 1] for the largest scale whose combined model stays within that limit
