@@ -102,7 +102,7 @@ def test_per_group_overshoots_and_budget_true_backs_off(seg_data, sens_file, tmp
     rec = per_group.prune_record
     assert rec.scale == 1 and rec.predicted_max_loss <= BUDGET + 1e-9
     assert rec.measured_loss == pytest.approx(1 - shape_metric(per_group.net))
-    assert rec.measured_loss > budget.LOSS_FACTOR * BUDGET  # the combination overshoots
+    assert rec.measured_loss > budget.loss_limit(BUDGET)  # the combination overshoots
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -111,7 +111,8 @@ def test_per_group_overshoots_and_budget_true_backs_off(seg_data, sens_file, tmp
     rec = model.prune_record
     assert rec.mode == "budget" and 0 < rec.scale < 1 and model.status == "Prune"
     assert rec.measured_loss == pytest.approx(1 - shape_metric(model.net))
-    assert rec.measured_loss <= rec.loss_limit == budget.LOSS_FACTOR * BUDGET
+    assert rec.measured_loss <= rec.loss_limit == budget.loss_limit(BUDGET)
+    assert budget.loss_limit(BUDGET) == budget.LOSS_FACTOR * BUDGET < budget.LOSS_CAP
     assert rec.evaluations <= 1 + budget.BISECTION_STEPS
     # independent check: the chosen scale is the largest one on the bisection grid whose model
     # (pruned by the public API at the scaled budget) stays within the limit
@@ -218,6 +219,7 @@ def test_predicted_loss_interpolates_like_a_hand_computation():
     sens = {"sensitivities": {"a": losses, "b": {0.5: 0.03}}}
     assert predicted_losses(sens, {"a": 0.375, "b": 0.5}) == pytest.approx((0.07, 0.04))
     assert relative_loss(0.8, 0.6) == pytest.approx(0.25) and relative_loss(None, 0.5) is None
+    assert budget.loss_limit(0.1) == pytest.approx(0.3) and budget.loss_limit(0.3) == 0.5
 
 
 def test_cli_flags(seg_data, sens_file, tmp_path, capsys):

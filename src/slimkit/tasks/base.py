@@ -367,7 +367,7 @@ class BaseTask:
                 :class:`~slimkit.tasks.budget.BudgetWarning` when the loss exceeds the budget.
             eval_metric_loss: Budget of relative metric loss of the pruned model, in (0, 1).
             prune_mode: ``"budget"`` (default; needs ``eval_dataset``): the ratios are backed
-                off until the pruned model loses at most ``LOSS_FACTOR × eval_metric_loss``
+                off until the pruned model loses at most ``loss_limit(eval_metric_loss)``
                 before fine-tuning. ``"per_group"``: PaddleX's rule; see ``prune``.
             pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of choosing
                 by the loss budget (losses are reported and warned about, never backed off).

@@ -4,8 +4,9 @@
 as if it were pruned alone (``prune_mode="per_group"``); the losses of all groups together are
 larger. With ``prune_mode="budget"`` (the default) the combined pruned model is evaluated once
 before fine-tuning (after re-estimating its BatchNorm statistics on training images,
-:func:`adaptive_bn`); when its measured relative loss exceeds ``LOSS_FACTOR × eval_metric_loss``
-(fine-tuning recovers part of the loss, not all of it) the per-group budgets are scaled down
+:func:`adaptive_bn`); when its measured relative loss exceeds :func:`loss_limit` —
+``min(LOSS_FACTOR × eval_metric_loss, LOSS_CAP)``, as fine-tuning recovers part of the loss, and
+little of it once about half the metric is gone — the per-group budgets are scaled down
 together — the ratios become ``get_ratios_by_loss(sens, s × eval_metric_loss)`` — and ``s`` is
 bisected in (0, 1] for the largest scale whose combined model stays within that limit
 (``BISECTION_STEPS`` halvings, one evaluation each; a set of ratios met before is not evaluated
@@ -44,8 +45,10 @@ from slimkit.tasks.pruning import (
 )
 
 PRUNE_MODES = ("budget", "per_group")
-# k: the combined model's relative loss before fine-tuning may be at most k × eval_metric_loss.
+# the combined model's relative loss before fine-tuning may be at most
+# min(LOSS_FACTOR × eval_metric_loss, LOSS_CAP); measured in README "Keeping the budget"
 LOSS_FACTOR = 3.0
+LOSS_CAP = 0.5
 BISECTION_STEPS = 5  # scale resolution 1/32: at most 1 + 5 evaluations of a pruned model
 ADAPTIVE_BN_IMAGES = 256  # training images that re-estimate BatchNorm statistics of a candidate
 FLOPS_TOLERANCE = 0.01  # |removed - pruned_flops| accepted by the FLOPs search
@@ -59,6 +62,11 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 class BudgetWarning(UserWarning):
     """A pruned model lost more of its metric than the ``eval_metric_loss`` it was pruned under."""
+
+
+def loss_limit(eval_metric_loss: float) -> float:
+    """The most relative loss a pruned model may show before fine-tuning (see the module doc)."""
+    return min(LOSS_FACTOR * eval_metric_loss, LOSS_CAP)
 
 
 def evaluator(task: Any, eval_dataset: Any) -> EvaluateFn:
@@ -295,7 +303,7 @@ class PruneRecord:
     predicted_loss: float  # sum over the pruned groups of each one's recorded loss at its ratio
     predicted_max_loss: float  # the largest of them (<= the per-group budget)
     measured_loss: float | None  # the combined pruned model's, before fine-tuning
-    loss_limit: float  # LOSS_FACTOR × eval_metric_loss
+    loss_limit: float  # min(LOSS_FACTOR × eval_metric_loss, LOSS_CAP)
     scale: float  # the per-group budget used was scale × eval_metric_loss (FLOPs mode: budget)
     evaluations: int  # pruned models evaluated to choose
     params_kept: float
@@ -338,7 +346,7 @@ def choose_pruning(
     Raises:
         ValueError: the FLOPs target cannot be reached.
     """
-    limit = LOSS_FACTOR * eval_metric_loss
+    limit = loss_limit(eval_metric_loss)
     if pruned_flops is not None:
         chosen, scale = for_flops(pruning, pruned_flops)
     elif mode == "budget":
@@ -391,7 +399,8 @@ def _log_choice(r: PruneRecord, log_fn: LogFn) -> None:
         return
     warn_budget(
         f"the pruned model loses {r.measured_loss:.1%} of its {r.metric_name} before fine-tuning, "
-        f"over {LOSS_FACTOR:g} x eval_metric_loss = {r.loss_limit:g}; fine-tuning may not bring "
+        f"over the limit {r.loss_limit:g} (min({LOSS_FACTOR:g} x eval_metric_loss, {LOSS_CAP:g})); "
+        "fine-tuning may not bring "
         "it within the budget"
         + (" (prune_mode='budget' would back the ratios off)" if r.mode == "per_group" else ""),
         log_fn,
