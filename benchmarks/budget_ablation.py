@@ -43,6 +43,7 @@ def prune_and_finetune(
     cfg = case["cfg"]
     epochs = cfg.finetune_epochs if args.epochs is None else args.epochs
     model = load_model(case["original"])
+    torch.manual_seed(args.seed)  # the same shuffles for both modes: equal ratios, equal results
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", BudgetWarning)
         best = model.train(
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=50, help="latency runs per round (0: skip)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="torch seed before each fine-tuning")
     p.add_argument("--progress", action="store_true", help="per-epoch lines")
     run(p.parse_args(argv))
 
