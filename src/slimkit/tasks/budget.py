@@ -205,7 +205,7 @@ class SensitivityPruning:
     def max_loss(self) -> float:
         """The largest finite loss recorded: a budget that prunes every group at its largest ratio."""
         finite = [
-            v
+            float(v)
             for losses in self.sens["sensitivities"].values()
             for v in losses.values()
             if v is not None and math.isfinite(v)
