@@ -18,8 +18,34 @@ from ._tracing import (
 )
 
 
+class _LayerNormPruner(tp.pruner.function.LayernormPruner):  # type: ignore[misc]
+    """Torch-Pruning 1.6.1's LayerNorm pruner keeps its channels in set order (``tensor.sort()``
+    returns a copy), which permutes the weights when few channels remain; keep them sorted."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Any) -> nn.Module:
+        dim = self.pruning_dim
+        keep = sorted(set(range(layer.normalized_shape[dim])) - set(idxs))
+        if layer.elementwise_affine:
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, dim)
+            if layer.bias is not None:
+                layer.bias = self._prune_parameter_and_grad(layer.bias, keep, dim)
+        shape = list(layer.normalized_shape)
+        shape[dim] = len(keep)
+        layer.normalized_shape = tuple(shape)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
 class _Graph(tp.DependencyGraph):  # type: ignore[misc]
     """A dependency graph that keeps Torch-Pruning's map from autograd nodes to graph nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.REGISTERED_PRUNERS[tp.ops.OPTYPE.LN] = _LayerNormPruner()
+        pruners = [p for p in self.REGISTERED_PRUNERS.values() if p is not None]
+        self._in_channel_pruning_fn = {p.prune_in_channels for p in pruners}
+        self._out_channel_pruning_fn = {p.prune_out_channels for p in pruners}
 
     def _trace_computational_graph(
         self, module2node: Any, output: Any, gradfn2module: Any, reused: Any, visited: Any = None

@@ -107,12 +107,12 @@ class Layout:
 
     # ---------------------------------------------------------------------------- building
     def _data_nodes(self) -> set[Any]:
-        """Nodes downstream of a layer or a model input, i.e. on the activation path."""
+        """Nodes downstream of a layer, a bare parameter or a model input (not, e.g., the
+        transpose of a Linear's own weight)."""
         stack = [
             n
             for n in self.dg.module2node.values()
-            if n.type not in OP_TYPES | {_OPT.OUTPUT, _OPT.PARAMETER}
-            or n.grad_fn in self.trace.input_fns
+            if n.type not in OP_TYPES | {_OPT.OUTPUT} or n.grad_fn in self.trace.input_fns
         ]
         seen: set[Any] = set()
         while stack:
@@ -274,8 +274,8 @@ class Layout:
         if rule is None or edge.dst not in self.dims:
             return None
         op = self.op(edge.dst, edge.fn)
-        if op.call is not None and op.call.composite:
-            return None
+        if op.call is not None and op.call.composite:  # edges come from its internal nodes
+            return rule.in_map(op, self.dims[edge.dst], 0)
         return rule.in_map(op, self.dims[edge.dst], edge.slot)
 
     def _out_map(self, edge: Edge) -> Mapping | None:

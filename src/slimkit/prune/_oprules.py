@@ -49,6 +49,13 @@ COPY_SLICES = "torch::autograd::CopySlices"
 # Composite functions (several autograd nodes) that keep each channel's index.
 COMPOSITE = {"instance_norm": "channel", "batch_norm": "channel", "group_norm": "group_norm"}
 COMPOSITE.update({"layer_norm": "layer_norm", "rms_norm": "layer_norm", "linear": "module"})
+_SPATIAL_FUNCS = "adaptive_avg_pool avg_pool max_pool adaptive_max_pool lp_pool fractional_max_pool"
+for _f in _SPATIAL_FUNCS.split():  # pooling to 1x1 runs as mean + as_strided, for example
+    COMPOSITE.update({f"{_f}{d}d": "spatial" for d in (1, 2, 3)})
+COMPOSITE.update(
+    dict.fromkeys(("interpolate", "upsample", "_max_pool2d", "_max_pool1d"), "spatial")
+)
+COMPOSITE.update(dict.fromkeys(("dropout", "gelu", "silu", "hardswish", "mish"), "pointwise"))
 
 
 class Pointwise(Rule):
@@ -246,6 +253,10 @@ class Composite(Rule):
             return LayerNorm().facts(op, dims)
         if self.kind == "group_norm":
             return GroupNorm().facts(op, dims)
+        if self.kind == "pointwise":
+            return Pointwise().facts(op, dims)
+        if self.kind == "spatial":
+            return Pointwise(channel_first=True).facts(op, dims)
         return Pointwise(channel_first=True, vector_leaves=True).facts(op, dims)
 
 
@@ -274,11 +285,12 @@ UNKNOWN = Rule()
 
 def rule_for(grad_fn: Any, call: Call | None) -> Rule:
     """The rule of the operation that made ``grad_fn``."""
+    rule = RULES.get(base_name(grad_fn), UNKNOWN)
     if call is not None and call.composite and call.func in COMPOSITE:
         return Composite(COMPOSITE[call.func])
-    if call is not None and call.composite:
-        return UNKNOWN
-    return RULES.get(base_name(grad_fn), UNKNOWN)
+    if call is not None and call.composite:  # e.g. reshape = clone + view: judged end to end
+        return rule if isinstance(rule, Reshape) else UNKNOWN
+    return rule
 
 
 def input_shapes(grad_fn: Any, call: Call | None) -> list[Shape | None]:
