@@ -147,13 +147,18 @@ def test_fixed_shape_reshape_head_is_never_listed() -> None:
         prune_model(model, {"conv2.0": 0.5}, X)
 
 
-def test_splits_with_fixed_sizes_pin_and_chunks_tie() -> None:
+def test_splits_by_sizes_held_in_attributes_are_resized() -> None:
     model = randomize_norms(SplitSizes())
     report = find_groups(model, X)
-    assert [g.name for g in report.groups] == ["left.0", "conv3.0"]
-    assert "fixed sizes [8, 4]" in report.unpruned["conv1.0"]
-    assert "fixed sizes [8, 8]" in report.unpruned["conv2.0"]
-    assert sorted(report.groups[1].ties) == [(j, j + 6) for j in range(6)]  # chunk(2)
+    groups = {g.name: g for g in report.groups}
+    assert list(groups) == ["conv1.0", "left.0", "conv3.0"]
+    assert groups["conv1.0"].fixed == (0, 8)  # MixedConv2d's parts keep a channel each
+    assert "fixed sizes [8, 8]" in report.unpruned["conv2.0"]  # x.split(8): no attribute holds 8
+    assert sorted(groups["conv3.0"].ties) == [(j, j + 6) for j in range(6)]  # chunk(2)
+    pruned, plan = prune_model(model, {"conv1.0": 0.5}, X, return_plan=True)
+    kept = plan.groups[0].kept
+    assert pruned.mixed.splits == [sum(k < 8 for k in kept), sum(k >= 8 for k in kept)]
+    assert isinstance(pruned.mixed.splits, list) and model.mixed.splits == [8, 4]
 
 
 def test_no_whole_model_failure_and_one_warning() -> None:

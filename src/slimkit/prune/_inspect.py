@@ -205,9 +205,10 @@ class Inspector:
         if facts.problem is not None:
             scan.problems.append(facts.problem)
             return
-        if facts.pin:
+        if facts.pin or facts.keep:
+            keep = set(facts.keep)
             for i, r in zip(idxs, roots, strict=True):
-                if i < facts.pin:
+                if i < facts.pin or i in keep:
                     scan.pinned.setdefault(r, facts.label)
         for need in facts.needs:
             scan.needs.append((need, node, (tuple(idxs), tuple(roots)), facts.label))

@@ -43,9 +43,29 @@ class OpFacts:
     label: str
     problem: str | None = None
     pin: int = 0  # channels [0, pin) must stay: code with fixed channel bounds reads them
+    keep: tuple[int, ...] = ()  # more channels that must stay
     tie: tuple[int, int] | None = None  # (block, parts): the same position of each block together
     needs: list[Need] = field(default_factory=list)
     mixes: bool = False  # normalises over the channels (LayerNorm, GroupNorm statistics)
+    resize: Resize | None = None  # attributes holding the split sizes, updated when pruned
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Attributes of the module that called ``torch.split`` which hold its sizes.
+
+    Attributes:
+        owner: That module.
+        names: One attribute holding the list of sizes (``kind="list"``), one per size
+            (``"ints"``), or one holding the size of every (equal) part (``"int"``).
+        kind: How the sizes are stored.
+        sizes: The original sizes of the parts, in channel order.
+    """
+
+    owner: Any
+    names: tuple[str, ...]
+    kind: str
+    sizes: tuple[int, ...]
 
 
 @dataclass

@@ -4,7 +4,7 @@ stack, slice/split/select, and in-place slice writes."""
 from __future__ import annotations
 
 from ._mapping import Drop, Expand, Mapping, Permute, Spread, Window
-from ._opbase import Conflict, Dims, Op, OpFacts, Rule, Shape
+from ._opbase import Conflict, Dims, Op, OpFacts, Resize, Rule, Shape
 from ._tracing import signed_dim
 
 
@@ -273,8 +273,13 @@ class Narrow(Rule):
         elif op.base in ("Split", "SplitWithSizes"):
             sizes = self._sizes(op, size)
             func = op.call.func if op.call is not None else ""
+            resize = _resize(op, sizes)
             if func == "chunk" and len(set(sizes)) == 1:
                 facts.tie = (sizes[0], len(sizes)) if len(sizes) > 1 else None
+            elif resize is not None and resize.kind == "int":
+                facts.tie, facts.resize = (sizes[0], len(sizes)), resize
+            elif resize is not None:  # each part keeps a channel: its conv must not vanish
+                facts.resize, facts.keep = resize, tuple(_offsets(sizes)[:-1])
             else:
                 facts.pin = size  # the code passes fixed sizes: every channel must stay
                 facts.label = f"{op.label} (split into fixed sizes {sizes})"
@@ -295,6 +300,29 @@ class Narrow(Rule):
         if self._drops_dim(op):
             return Drop()
         return Window(*window)
+
+
+def _resize(op: Op, sizes: list[int]) -> Resize | None:
+    """The attributes of the calling module that hold the split sizes (MixNet's ``self.splits``,
+    Res2Net's ``self.width``), so that the pruned model splits at the new sizes."""
+    owner = op.call.owner if op.call is not None else None
+    if owner is None:
+        return None
+    attrs = {k: v for k, v in vars(owner).items() if not k.startswith("_")}
+    ints = {k: v for k, v in attrs.items() if type(v) is int}
+    if op.base == "Split" and len(set(sizes)) == 1:
+        names = [k for k, v in ints.items() if v == sizes[0]]
+        return Resize(owner, (names[0],), "int", tuple(sizes)) if len(names) == 1 else None
+    for name, value in attrs.items():
+        if isinstance(value, list | tuple) and list(value) == sizes:
+            return Resize(owner, (name,), "list", tuple(sizes))
+    names = []
+    for size in sizes:
+        match = [k for k, v in ints.items() if v == size and k not in names]
+        if len(match) != 1 or sizes.count(size) > 1:
+            return None
+        names.append(match[0])
+    return Resize(owner, tuple(names), "ints", tuple(sizes))
 
 
 class CopySlices(Rule):

@@ -52,6 +52,7 @@ class Call:
     leaves: list[Leaf]
     tensor_shapes: list[tuple[int, ...]] = field(default_factory=list)  # every tensor argument
     inputs: list[tuple[Any, int]] = field(default_factory=list)  # (grad_fn, nr) of graph inputs
+    owner: nn.Module | None = None  # the innermost module whose forward made the call
     internal: bool = False  # the autograd node was made inside another call (e.g. F.linear's addmm)
     composite: bool = False  # the call made internal nodes besides its outputs
     region: Region | None = None  # in-place slice write / strided view region, if any
@@ -84,10 +85,32 @@ class OpRecorder(TorchFunctionMode):
         super().__init__()
         self.calls: dict[Any, Call] = {}
         self.leaf_users: dict[str, set[Any]] = {}
+        self._stack: list[nn.Module] = []
+        self._hooks: list[Any] = []
         self._owners: dict[int, tuple[str, torch.Tensor]] = {}
         for name, t in (*module.named_parameters(), *module.named_buffers()):
             if t.numel():
                 self._owners.setdefault(t.untyped_storage().data_ptr(), (name, t))
+
+    def __enter__(self) -> OpRecorder:
+        def enter(module: nn.Module, args: Any) -> None:
+            self._stack.append(module)
+
+        def leave(module: nn.Module, args: Any, out: Any) -> None:
+            self._stack.pop()
+
+        hooks = torch.nn.modules.module
+        self._hooks = [
+            hooks.register_module_forward_pre_hook(enter),
+            hooks.register_module_forward_hook(leave, always_call=True),
+        ]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        for hook in self._hooks:
+            hook.remove()
 
     def __torch_function__(
         self,
@@ -109,6 +132,7 @@ class OpRecorder(TorchFunctionMode):
             return out
         leaves = [self._leaf(t) for t in tensors if t.grad_fn is None]
         call = Call(name, _compact(args), _compact(kwargs), leaves, region=region)
+        call.owner = self._stack[-1] if self._stack else None
         call.tensor_shapes = [tuple(t.shape) for t in tensors]
         call.inputs = [(t.grad_fn, t.output_nr) for t in tensors if t.grad_fn is not None]
         for leaf in leaves:

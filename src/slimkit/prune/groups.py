@@ -17,6 +17,7 @@ prove is *left unpruned* with the reason (:attr:`GroupSet.skipped`); it never fa
 from __future__ import annotations
 
 import difflib
+import itertools
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class GroupSet:
             coupling = traverse(self._dg, root, channels, self._tied)
             self._execute(coupling)
             self._prune_buffers(name, coupling)
+            self._resize_splits(coupling)
         except Exception as err:
             raise ValueError(
                 f"pruning group '{name}' failed ({type(err).__name__}: {err}); leave it out or "
@@ -241,16 +243,13 @@ class GroupSet:
             self._buffers[name] = buffers
         return result
 
-    def _alive_of(self, key: tuple[str, Any]) -> list[int]:
-        """Original indices still present in a pruned layer's (or tensor's) channel dim."""
+    def _alive_of(self, key: tuple[str, Any], size: int | None = None) -> list[int]:
+        """Original indices still present in a pruned layer's (tensor's, split's) channels."""
         if key not in self._alive:
             kind, node = key
-            if kind == "buffer":
-                size = node[1]
-            elif kind == "out":
-                size = self._dg.get_out_channels(node)
-            else:
-                size = self._dg.get_in_channels(node)
+            if size is None:
+                out = kind == "out"
+                size = self._dg.get_out_channels(node) if out else self._dg.get_in_channels(node)
             self._alive[key] = list(range(size))
         return self._alive[key]
 
@@ -275,6 +274,28 @@ class GroupSet:
         for key, removed in updates:
             self._alive[key] = [c for c in self._alive[key] if c not in removed]
 
+    def _resize_splits(self, coupling: Coupling) -> None:
+        """``torch.split`` sizes kept in module attributes follow the parts' new sizes."""
+        for item in coupling.items:
+            facts = self.layout.facts.get(item.dep.target)
+            if facts is None or facts.resize is None or not item.idxs:
+                continue
+            resize, removed = facts.resize, set(item.idxs)
+            key = ("split", item.dep.target)
+            alive = [c for c in self._alive_of(key, sum(resize.sizes)) if c not in removed]
+            self._alive[key] = alive
+            bounds = list(itertools.accumulate(resize.sizes, initial=0))
+            counts = [sum(a <= c < b for c in alive) for a, b in itertools.pairwise(bounds)]
+            if resize.kind == "list":
+                old = getattr(resize.owner, resize.names[0])
+                setattr(resize.owner, resize.names[0], type(old)(counts))
+            elif resize.kind == "ints":
+                for attr, count in zip(resize.names, counts, strict=True):
+                    setattr(resize.owner, attr, count)
+            else:
+                assert len(set(counts)) == 1, "tied split parts must stay equal"
+                setattr(resize.owner, resize.names[0], counts[0])
+
     def _prune_buffers(self, name: str, coupling: Coupling) -> None:
         """Buffers that span the group's channels lose the same ones."""
         for node, member in self._buffers.get(name, ()):
@@ -284,8 +305,8 @@ class GroupSet:
             owner_name, _, attr = member.name.rpartition(".")
             owner = self.module.get_submodule(owner_name)
             tensor = getattr(owner, attr)
-            key = ("buffer", (member.name, tensor.shape[member.dim]))
-            alive = self._alive_of(key)
+            key = ("buffer", member.name)
+            alive = self._alive_of(key, tensor.shape[member.dim])
             removed = set(item.idxs)
             keep = [i for i, c in enumerate(alive) if c not in removed]
             index = torch.tensor(keep, dtype=torch.long, device=tensor.device)
