@@ -9,8 +9,9 @@ classifier left alone (``ignore=[model.classifier]`` / ``ignored_layers=[...]``)
 * Torch-Pruning 1.6.1 (``MetaPruner``, L1 magnitude, the same ratio): whether it finishes, whether
   the pruned model runs, and the same masked-vs-pruned difference for the channels it removed.
 
-A difference above 1e-4 means a model whose outputs are not those of the masked original (a
-wrong coupling). Sources that are not installed are skipped: timm (``pip install --no-deps timm``
+Norm layers get random statistics and affine parameters (and layers random biases) so that every
+channel carries signal. A difference above 1e-4 (relative to the output scale) means a model whose
+outputs are not those of the masked original (a wrong coupling). Sources that are not installed are skipped: timm (``pip install --no-deps timm``
 plus huggingface_hub, pyyaml, safetensors, pillow; if torchvision does not import, a stub is put
 in its place for timm's imports), torchvision (or ``--torchvision-src DIR``: a directory where a
 torchvision wheel was unpacked, whose pure-Python model files are loaded without its compiled ops).
@@ -371,7 +372,7 @@ def main() -> None:
     rows = []
     for source, name, make in sources(args):
         torch.manual_seed(0)
-        model = make().eval()
+        model = randomize_norms(make().eval())  # live activations: BN/LN statistics not identity
         x = torch.randn(1, 3, args.size, args.size)
         sk = run_slimkit(model, x, classifier_of(model), args.ratio)
         tpr = None

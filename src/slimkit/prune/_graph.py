@@ -22,14 +22,14 @@ class _LayerNormPruner(tp.pruner.function.LayernormPruner):  # type: ignore[misc
     """Torch-Pruning 1.6.1's LayerNorm pruner keeps its channels in set order (``tensor.sort()``
     returns a copy), which permutes the weights when few channels remain; keep them sorted."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Any) -> nn.Module:
-        dim = self.pruning_dim
-        keep = sorted(set(range(layer.normalized_shape[dim])) - set(idxs))
+    def prune_out_channels(self, layer: nn.LayerNorm, idxs: Any) -> nn.LayerNorm:
+        dim: int = self.pruning_dim
+        shape = list(layer.normalized_shape)
+        keep = sorted(set(range(shape[dim])) - set(idxs))
         if layer.elementwise_affine:
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, dim)
             if layer.bias is not None:
                 layer.bias = self._prune_parameter_and_grad(layer.bias, keep, dim)
-        shape = list(layer.normalized_shape)
         shape[dim] = len(keep)
         layer.normalized_shape = tuple(shape)
         return layer

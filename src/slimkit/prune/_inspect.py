@@ -128,9 +128,8 @@ class Inspector:
         self.names: dict[Any, str] = dg._module2name
 
     def name_of(self, node: Any) -> str:
-        if node.type == _OPT.PARAMETER:
-            return self.dg._param_to_name.get(node.module, node.name)
-        return self.names.get(node.module, node.name)
+        names = self.dg._param_to_name if node.type == _OPT.PARAMETER else self.names
+        return str(names.get(node.module, node.name))
 
     def inspect(
         self, name: str, root: nn.Module, coupling: Coupling, covered: Iterable[int]
@@ -284,12 +283,13 @@ class Inspector:
 
     def _root_bn(self, root: nn.Module) -> nn.Module | None:
         """The BatchNorm right after the root, through functional batch-norm calls."""
-        stack, seen = [self.dg.module2node[root]], set()
+        stack, seen = [self.dg.module2node[root]], set[Any]()
         while stack:
             node = stack.pop()
             for nxt in node.outputs:
                 if nxt.type == _OPT.BN:
-                    return nxt.module
+                    bn: nn.Module = nxt.module
+                    return bn
                 if (
                     self.layout.kind(nxt) in ("op", "internal")
                     and nxt not in seen

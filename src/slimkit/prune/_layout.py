@@ -20,7 +20,7 @@ from typing import Any
 import torch_pruning as tp
 
 from ._mapping import Mapping, chain, inverse
-from ._opbase import Conflict, Dims, Op, OpFacts, Rule
+from ._opbase import Conflict, Dims, Op, OpFacts, Rule, Shape
 from ._oprules import Composite, Pointwise, input_shapes, rule_for
 from ._tracing import Trace, output_shape
 
@@ -135,9 +135,9 @@ class Layout:
         call = self.trace.calls.get(fn)
         if call is not None and call.composite:
             producers = [self.node_of.get(g) for g, _ in call.inputs]
-            in_dims = [self.dims.get(p) if p is not None else None for p in producers]
-            shapes = [output_shape(g, nr) for g, nr in call.inputs]
-            return Op(fn, call, output_shape(fn), list(shapes), in_dims, self.label(node))
+            known = [self.dims.get(p) if p is not None else None for p in producers]
+            shapes: list[Shape | None] = [output_shape(g, nr) for g, nr in call.inputs]
+            return Op(fn, call, output_shape(fn), shapes, known, self.label(node))
         ins = input_shapes(fn, call)
         in_dims: list[Dims | None] = [None] * len(ins)
         for slot, (prev, _) in enumerate(fn.next_functions):

@@ -105,7 +105,7 @@ class Conflict(ValueError):
 
 def base_name(grad_fn: Any) -> str:
     """``"AddBackward0"`` -> ``"Add"``."""
-    name = grad_fn.name()
+    name: str = grad_fn.name()
     return name.rstrip("0123456789").removesuffix("Backward")
 
 

@@ -102,9 +102,10 @@ class Reshape(Rule):
         return None if found is None else found[0]
 
     def backward(self, op: Op, dims: Dims, slot: int) -> Dims | None:
-        if op.ins[slot] is None:
+        src = op.ins[slot]
+        if src is None:
             return None
-        found = self._match(op.out, op.ins[slot], dims)
+        found = self._match(op.out, src, dims)
         return None if found is None or found[1] == "merge" else found[0]
 
     def facts(self, op: Op, dims: Dims) -> OpFacts:

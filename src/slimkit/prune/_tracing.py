@@ -104,11 +104,11 @@ class OpRecorder(TorchFunctionMode):
             hooks.register_module_forward_pre_hook(enter),
             hooks.register_module_forward_hook(leave, always_call=True),
         ]
-        super().__enter__()
+        super().__enter__()  # type: ignore[no-untyped-call]
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
+        super().__exit__(*exc)  # type: ignore[no-untyped-call]
         for hook in self._hooks:
             hook.remove()
 
@@ -212,15 +212,16 @@ def _region(view: torch.Tensor, base: torch.Tensor) -> Region | None:
     """``(start, stop, step)`` per dim of ``base`` that ``view`` covers, or ``None``."""
     if view.dim() != base.dim() or any(s == 0 for s in base.stride()):
         return None
-    rel = view.storage_offset() - base.storage_offset()
+    rel = int(view.storage_offset() - base.storage_offset())
+    strides = [int(s) for s in base.stride()]
     starts = [0] * base.dim()
-    for d in sorted(range(base.dim()), key=lambda i: -base.stride(i)):
-        starts[d], rel = divmod(rel, base.stride(d))
+    for d in sorted(range(base.dim()), key=lambda i: -strides[i]):
+        starts[d], rel = divmod(rel, strides[d])
     if rel:
         return None
     region = []
     for d in range(base.dim()):
-        step, rem = divmod(view.stride(d), base.stride(d))
+        step, rem = divmod(int(view.stride(d)), strides[d])
         if view.size(d) <= 1:
             step, rem = 1, 0
         if rem or step < 1:

@@ -79,7 +79,9 @@ def _zero_member(
 
 def _tensor(model: nn.Module, name: str) -> torch.Tensor:
     owner, _, attr = name.rpartition(".")
-    return getattr(model.get_submodule(owner), attr)
+    tensor = getattr(model.get_submodule(owner), attr)
+    assert isinstance(tensor, torch.Tensor)
+    return tensor
 
 
 def _slices(layer: nn.Module, kind: str) -> list[tuple[torch.Tensor, int, float]]:
@@ -124,9 +126,13 @@ class _MaskedStatistics(TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        norm = {F.layer_norm: _masked_layer_norm, torch.layer_norm: _masked_layer_norm}.get(func)
-        if norm is None and func in (F.group_norm, torch.group_norm):
-            norm = _masked_group_norm
+        norms: dict[Any, Callable[..., torch.Tensor]] = {
+            F.layer_norm: _masked_layer_norm,
+            torch.layer_norm: _masked_layer_norm,
+            F.group_norm: _masked_group_norm,
+            torch.group_norm: _masked_group_norm,
+        }
+        norm = norms.get(func)
         if norm is None:
             return func(*args, **kwargs)
         weight = args[2] if len(args) > 2 else kwargs.get("weight")
@@ -143,7 +149,7 @@ def _mask_statistics(layer: nn.Module, mode: _MaskedStatistics) -> None:
         with mode:
             return forward(*args, **kwargs)
 
-    layer.forward = masked_forward  # type: ignore[method-assign]
+    layer.forward = masked_forward
 
 
 def _keep(size: int, dropped: set[int], like: torch.Tensor) -> torch.Tensor:
