@@ -46,6 +46,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "prune")]
 
+from coupling_check import randomize_norms  # noqa: E402
+
 from slimkit.prune import compare_pruned, find_groups, prune_model  # noqa: E402
 from slimkit.prune.groups import ChannelGroup, GroupMember  # noqa: E402
 from slimkit.prune.plan import GroupPlan, PrunePlan  # noqa: E402
