@@ -14,9 +14,11 @@ channel carries signal. A difference above 1e-4 (relative to the output scale) m
 outputs are not those of the masked original (a wrong coupling). Sources that are not installed are skipped: timm (``pip install --no-deps timm``
 plus huggingface_hub, pyyaml, safetensors, pillow; if torchvision does not import, a stub is put
 in its place for timm's imports), torchvision (or ``--torchvision-src DIR``: a directory where a
-torchvision wheel was unpacked, whose pure-Python model files are loaded without its compiled ops).
+torchvision wheel was unpacked, whose pure-Python model files are loaded without its compiled ops),
+onnx2torch (plus onnx; models exported to ONNX and converted back, with their buffers and fixed
+reshapes).
 
-    OMP_NUM_THREADS=1 python benchmarks/foreign_models.py --source timm,torchvision,patterns \
+    OMP_NUM_THREADS=1 python benchmarks/foreign_models.py --source timm,torchvision,onnx2torch,patterns \
         [--models resnet18,dpn68] [--size 64] [--ratio 0.3] [--no-tp] [--json out.json]
 """
 
@@ -64,6 +66,8 @@ TORCHVISION = [
     "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_0", "densenet121", "mnasnet0_5",
     "googlenet", "vgg11_bn", "alexnet", "convnext_tiny",
 ]  # fmt: skip
+ONNX2TORCH = ["resnet18", "mobilenet_v2", "squeezenet1_0", "shufflenet_v2_x0_5", "efficientnet_b0"]
+ONNX2TORCH_PATTERNS = ["ConstantBuffers", "FixedShapeHead", "DPNLike", "ConvNeXtLike"]
 TOLERANCE = 1e-4
 
 
@@ -153,6 +157,46 @@ def import_torchvision_models(src: str | None) -> Callable[[str], nn.Module] | N
     return build
 
 
+def onnx2torch_models(
+    args: argparse.Namespace, wanted: set[str] | None
+) -> Iterator[tuple[str, str, Callable[[], nn.Module]]]:
+    """torchvision and pattern models exported to ONNX and converted back by onnx2torch (the
+    way a user brings a model that only exists as an ONNX file)."""
+    try:
+        import onnx2torch
+    except ImportError as err:
+        if "torchvision" not in str(err):
+            print("onnx2torch: not installed, skipped")
+            return
+        sys.meta_path.insert(0, _StubFinder())
+        import onnx2torch
+    import pattern_models
+
+    build = import_torchvision_models(args.torchvision_src)
+    makers: dict[str, Callable[[], nn.Module]] = {
+        n: getattr(pattern_models, n) for n in ONNX2TORCH_PATTERNS
+    }
+    if build is not None:
+        makers.update({n: (lambda n=n: build(n)) for n in ONNX2TORCH})
+    folder = Path(args.work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, make in makers.items():
+        if wanted is not None and name not in wanted:
+            continue
+
+        def convert(name: str = name, make: Callable[[], nn.Module] = make) -> nn.Module:
+            path = folder / f"{name}.onnx"
+            torch.manual_seed(0)
+            model = randomize_norms(make().eval())
+            x = torch.randn(1, 3, args.size, args.size)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False)
+            return onnx2torch.convert(str(path))
+
+        yield "onnx2torch", name, convert
+
+
 def classifier_of(model: nn.Module) -> nn.Module:
     """The layer that produces the logits (left alone by both libraries)."""
     if hasattr(model, "get_classifier"):
@@ -183,6 +227,8 @@ def sources(args: argparse.Namespace) -> Iterator[tuple[str, str, Callable[[], n
         for name in TORCHVISION if build is not None else ():
             if wanted is None or name in wanted:
                 yield "torchvision", name, lambda n=name: build(n)
+    if "onnx2torch" in picked:
+        yield from onnx2torch_models(args, wanted)
     if "patterns" in picked:
         import pattern_models
 
@@ -360,12 +406,13 @@ def print_row(source: str, name: str, sk: dict[str, Any], tpr: dict[str, Any] | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", default="timm,torchvision,patterns")
+    parser.add_argument("--source", default="timm,torchvision,onnx2torch,patterns")
     parser.add_argument("--models", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     parser.add_argument("--torchvision-src", default=None)
+    parser.add_argument("--work-dir", default="/tmp/slimkit_foreign", help="for ONNX files")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     parser.add_argument("--limit", type=int, default=LIMIT, help="seconds per library and model")
     args = parser.parse_args()

@@ -172,15 +172,15 @@ class GroupSet:
         except Exception as err:
             raise ValueError(
                 f"the pruned model no longer runs on example_inputs ({type(err).__name__}: "
-                f"{err}); slimkit missed a channel coupling"
+                f"{err}); a size fixed in the model's code, or a coupling slimkit missed"
             ) from err
         finally:
             for m, mode in modes.items():
                 m.training = mode
         if shapes != self._trace.output_shapes:
             raise ValueError(
-                f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; "
-                "slimkit missed a channel coupling"
+                f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; a "
+                "size fixed in the model's code, or a coupling slimkit missed"
             )
 
     # --------------------------------------------------------------------------- internals
