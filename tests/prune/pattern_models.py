@@ -344,22 +344,43 @@ class MixedConv2d(nn.ModuleDict):
         return torch.cat([conv(p) for conv, p in zip(self.values(), parts, strict=True)], 1)
 
 
+class C2f(nn.Module):
+    """YOLOv8's C2f: one conv's output split in two equal parts by ``(self.c, self.c)``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.c = cout // 2
+        self.cv1 = cbr(cin, 2 * self.c, 1)
+        self.m = cbr(self.c, self.c)
+        self.cv2 = cbr(3 * self.c, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).split((self.c, self.c), 1))
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
 class SplitSizes(nn.Module):
-    """Splits with sizes: ``torch.split`` by a list and by an int (CSPNet), and ``chunk``."""
+    """Splits with sizes: by a list attribute (MixNet), by half a total (CSPNet), by a pair of
+    one attribute (YOLOv8), by a literal (no attribute to update), and ``chunk``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = cbr(3, 12)
         self.mixed = MixedConv2d(12, [8, 4])
-        self.conv2 = cbr(12, 16, 1)
+        self.expand_chs = 16
+        self.conv2 = cbr(12, self.expand_chs, 1)
         self.left = cbr(8, 8)
-        self.conv3 = cbr(16, 12, 1)
-        self.head = nn.Conv2d(18, 3, 1)
+        self.c2f = C2f(16, 12)
+        self.conv3 = cbr(12, 8, 1)
+        self.head = nn.Conv2d(12, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv2(F.relu(self.mixed(self.conv1(x))))
-        xs, xb = x.split(8, dim=1)
-        a, b = self.conv3(torch.cat([self.left(xs), xb], dim=1)).chunk(2, dim=1)
+        xs, xb = x.split(self.expand_chs // 2, dim=1)
+        x = self.c2f(torch.cat([self.left(xs), xb], dim=1))
+        lit, rest = torch.split(x, [5, 7], dim=1)  # literal sizes: these channels stay
+        a, b = self.conv3(torch.cat([rest, lit], dim=1)).chunk(2, dim=1)
         return self.head(torch.cat([a, b, a * b], dim=1))
 
 

@@ -151,14 +151,20 @@ def test_splits_by_sizes_held_in_attributes_are_resized() -> None:
     model = randomize_norms(SplitSizes())
     report = find_groups(model, X)
     groups = {g.name: g for g in report.groups}
-    assert list(groups) == ["conv1.0", "left.0", "conv3.0"]
+    assert list(groups) == ["conv1.0", "conv2.0", "left.0", "c2f.cv1.0", "c2f.m.0", "conv3.0"]
     assert groups["conv1.0"].fixed == (0, 8)  # MixedConv2d's parts keep a channel each
-    assert "fixed sizes [8, 8]" in report.unpruned["conv2.0"]  # x.split(8): no attribute holds 8
-    assert sorted(groups["conv3.0"].ties) == [(j, j + 6) for j in range(6)]  # chunk(2)
-    pruned, plan = prune_model(model, {"conv1.0": 0.5}, X, return_plan=True)
-    kept = plan.groups[0].kept
-    assert pruned.mixed.splits == [sum(k < 8 for k in kept), sum(k >= 8 for k in kept)]
+    assert sorted(groups["conv2.0"].ties) == [(j, j + 8) for j in range(8)]  # equal halves
+    assert sorted(groups["conv3.0"].ties) == [(j, j + 4) for j in range(4)]  # chunk(2)
+    assert "fixed sizes [5, 7]" in report.unpruned["c2f.cv2.0"]  # literal sizes: nothing to update
+    ratios = {"conv1.0": 0.5, "conv2.0": 0.5, "c2f.cv1.0": 0.5}
+    pruned, plan = prune_model(model, ratios, X, return_plan=True)
+    kept = {e.name: e.kept for e in plan.groups}
+    assert pruned.mixed.splits == [
+        sum(k < 8 for k in kept["conv1.0"]),
+        7 - sum(k < 8 for k in kept["conv1.0"]),
+    ]
     assert isinstance(pruned.mixed.splits, list) and model.mixed.splits == [8, 4]
+    assert (pruned.expand_chs, pruned.c2f.c, model.c2f.c) == (8, 3, 6)  # CSPNet, YOLOv8 C2f
 
 
 def test_no_whole_model_failure_and_one_warning() -> None:

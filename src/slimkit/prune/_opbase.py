@@ -57,7 +57,8 @@ class Resize:
     Attributes:
         owner: That module.
         names: One attribute holding the list of sizes (``kind="list"``), one per size
-            (``"ints"``), or one holding the size of every (equal) part (``"int"``).
+            (``"ints"``), one holding the size of every (equal) part (``"int"``), or one holding
+            their sum (``"total"``).
         kind: How the sizes are stored.
         sizes: The original sizes of the parts, in channel order.
     """

@@ -277,7 +277,7 @@ class Narrow(Rule):
             resize = _resize(op, sizes)
             if func == "chunk" and len(set(sizes)) == 1:
                 facts.tie = (sizes[0], len(sizes)) if len(sizes) > 1 else None
-            elif resize is not None and resize.kind == "int":
+            elif resize is not None and resize.kind in ("int", "total"):
                 facts.tie, facts.resize = (sizes[0], len(sizes)), resize
             elif resize is not None:  # each part keeps a channel: its conv must not vanish
                 facts.resize, facts.keep = resize, tuple(_offsets(sizes)[:-1])
@@ -305,15 +305,19 @@ class Narrow(Rule):
 
 def _resize(op: Op, sizes: list[int]) -> Resize | None:
     """The attributes of the calling module that hold the split sizes (MixNet's ``self.splits``,
-    Res2Net's ``self.width``), so that the pruned model splits at the new sizes."""
+    Res2Net's ``self.width``, YOLOv8's ``(self.c, self.c)``, CSPNet's ``self.expand_chs // 2``),
+    so that the pruned model splits at the new sizes. A wrong guess fails the self-check."""
     owner = op.call.owner if op.call is not None else None
     if owner is None:
         return None
     attrs = {k: v for k, v in vars(owner).items() if not k.startswith("_")}
     ints = {k: v for k, v in attrs.items() if type(v) is int}
-    if op.base == "Split" and len(set(sizes)) == 1:
-        names = [k for k, v in ints.items() if v == sizes[0]]
-        return Resize(owner, (names[0],), "int", tuple(sizes)) if len(names) == 1 else None
+    if len(set(sizes)) == 1 and len(sizes) > 1:  # equal parts: one attribute holds a part/all
+        for kind, value in (("int", sizes[0]), ("total", sum(sizes))):
+            names = [k for k, v in ints.items() if v == value]
+            if len(names) == 1:
+                return Resize(owner, (names[0],), kind, tuple(sizes))
+        return None
     for name, value in attrs.items():
         if isinstance(value, list | tuple) and list(value) == sizes:
             return Resize(owner, (name,), "list", tuple(sizes))

@@ -294,7 +294,8 @@ class GroupSet:
                     setattr(resize.owner, attr, count)
             else:
                 assert len(set(counts)) == 1, "tied split parts must stay equal"
-                setattr(resize.owner, resize.names[0], counts[0])
+                value = counts[0] if resize.kind == "int" else sum(counts)
+                setattr(resize.owner, resize.names[0], value)
 
     def _prune_buffers(self, name: str, coupling: Coupling) -> None:
         """Buffers that span the group's channels lose the same ones."""
