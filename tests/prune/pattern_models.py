@@ -239,6 +239,7 @@ class DPNLike(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        self.num_1x1_c = 24
         self.stem = cbr(3, 16)
         self.proj = nn.Conv2d(16, 24 + 8, 1, bias=False)
         self.block1 = DualPathBlock(32, 16, 24, 4)
@@ -248,7 +249,7 @@ class DPNLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_s = self.proj(self.stem(x))
-        paths = (x_s[:, :24], x_s[:, 24:])
+        paths = (x_s[:, : self.num_1x1_c], x_s[:, self.num_1x1_c :])
         paths = self.block2(self.block1(paths))
         return self.head(F.relu(self.bn(torch.cat(paths, dim=1))))
 

@@ -91,8 +91,9 @@ def test_ghost_module_ties_primary_and_cheap_channels() -> None:
     # stem channel j is added to the primary conv's channel j and to the cheap conv's (8 + j),
     # which reads primary channel j: j and 8 + j go together.
     assert sorted(group.ties) == [(j, j + 8) for j in range(8)]
-    assert "fixed channel bounds 0:11" in report.unpruned["ghost2.primary_conv.0"]
-    assert "mix.0" in [g.name for g in report.groups]
+    assert [g.name for g in report.groups] == ["stem.0", "ghost2.primary_conv.0", "mix.0"]
+    pruned = prune_model(model, {"ghost2.primary_conv.0": 0.5}, X)
+    assert pruned.ghost2.out_chs == pruned.mix[0].in_channels < 11  # out[:, :self.out_chs]
 
 
 def test_slices_and_inplace_slice_writes_fix_the_channels_they_bound() -> None:
@@ -106,14 +107,18 @@ def test_slices_and_inplace_slice_writes_fix_the_channels_they_bound() -> None:
     assert pruned.expand[0].out_channels == 8
 
 
-def test_dual_path_keeps_the_residual_path_and_prunes_the_dense_one() -> None:
+def test_dual_path_slices_at_attribute_bounds_follow_the_pruning() -> None:
     model = randomize_norms(DPNLike())
     groups = groups_of(model)
-    assert groups["proj"].fixed == tuple(range(24))
-    assert groups["block1.c1x1_c"].free == [24, 25, 26, 27]
-    _, plan = prune_model(model, 0.5, X, return_plan=True)
-    kept = {e.name: e.kept for e in plan.groups}
-    assert kept["proj"][:24] == tuple(range(24)) and len(kept["proj"]) == 28
+    proj = groups["proj"]  # residual channels (0-23, added in each block) and dense ones
+    assert {"block1.c1x1_c", "block2.c1x1_c"} <= {m.name for m in proj.members if m.kind == "out"}
+    assert proj.fixed == (0, 24)  # the first channel of each slice stays
+    assert groups["block1.c1x1_c"].free == [25, 26, 27]  # 0-23 are in proj's group, 24 stays
+    pruned, plan = prune_model(model, 0.5, X, return_plan=True)
+    kept = {e.name: e.kept for e in plan.groups}["proj"]
+    residual = sum(k < 24 for k in kept)
+    assert 1 <= residual < 24 and len(kept) == 17
+    assert pruned.num_1x1_c == pruned.block1.num_1x1_c == pruned.block2.num_1x1_c == residual
 
 
 def test_channel_shuffles() -> None:

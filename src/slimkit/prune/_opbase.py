@@ -57,10 +57,12 @@ class Resize:
     Attributes:
         owner: That module.
         names: One attribute holding the list of sizes (``kind="list"``), one per size
-            (``"ints"``), one holding the size of every (equal) part (``"int"``), or one holding
-            their sum (``"total"``).
+            (``"ints"``), one holding the size of every (equal) part (``"int"``), one holding
+            their sum (``"total"``); or for a slice (``"bounds"``) the attributes holding its
+            start and stop ("" where the bound is 0 or the end).
         kind: How the sizes are stored.
-        sizes: The original sizes of the parts, in channel order.
+        sizes: The original sizes of the parts, in channel order; for a slice its start, stop
+            and the size of the sliced dim.
     """
 
     owner: Any

@@ -286,9 +286,7 @@ class Narrow(Rule):
                 facts.label = f"{op.label} (split into fixed sizes {sizes})"
         else:
             start, stop, step = self._window(op, 0, size) or (0, size, 1)
-            open_end = stop >= size and step == 1 and op.base != "Select"
-            facts.pin = start if open_end else stop
-            facts.label = f"{op.label} (fixed channel bounds {start}:{stop})"
+            bounded(facts, op, (start, stop, step), size, op.base == "Select")
         return facts
 
     def out_map(self, op: Op, dims: Dims, nr: int) -> Mapping | None:
@@ -330,6 +328,29 @@ def _resize(op: Op, sizes: list[int]) -> Resize | None:
     return Resize(owner, tuple(names), "ints", tuple(sizes))
 
 
+def bounded(facts: OpFacts, op: Op, window: tuple[int, int, int], size: int, select: bool) -> None:
+    """Channels read through ``x[:, start:stop]``: bounds held in attributes of the calling
+    module (ReXNet's ``self.in_channels``, DPN's ``self.num_1x1_c``, GhostNet's ``self.out_chs``)
+    follow the pruning; literal bounds fix the channels before them."""
+    start, stop, step = window
+    open_end = stop >= size and step == 1 and not select
+    owner = op.call.owner if op.call is not None else None
+    if owner is not None and step == 1 and not select:
+        ints = {k: v for k, v in vars(owner).items() if type(v) is int and not k.startswith("_")}
+        names = []
+        for bound, needed in ((start, start > 0), (stop, not open_end)):
+            match = [k for k, v in ints.items() if v == bound] if needed else [""]
+            names.append(match[0] if len(match) == 1 else None)
+        if None not in names:
+            facts.resize = Resize(
+                owner, tuple(n or "" for n in names), "bounds", (start, stop, size)
+            )
+            facts.keep = (start,)  # the slice never becomes empty
+            return
+    facts.pin = start if open_end else stop
+    facts.label = f"{op.label} (fixed channel bounds {start}:{stop})"
+
+
 class CopySlices(Rule):
     """``out[:, a:b] = y`` / ``out[:, a:b] += y``: ``y``'s channels land at ``a``."""
 
@@ -349,12 +370,10 @@ class CopySlices(Rule):
             return OpFacts(op.label, problem=f"{op.label} writes into a region slimkit cannot read")
         start, stop, step = region[dims[0]]
         size = op.out[dims[0]]
-        if (start, stop, step) == (0, size, 1):
-            return OpFacts(op.label)
-        open_end = stop >= size and step == 1
-        return OpFacts(
-            f"{op.label} (fixed channel bounds {start}:{stop})", pin=start if open_end else stop
-        )
+        facts = OpFacts(op.label)
+        if (start, stop, step) != (0, size, 1):
+            bounded(facts, op, (start, stop, step), size, False)
+        return facts
 
     def in_map(self, op: Op, dims: Dims, slot: int) -> Mapping | None:
         region = self._region(op)

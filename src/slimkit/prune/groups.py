@@ -282,8 +282,14 @@ class GroupSet:
                 continue
             resize, removed = facts.resize, set(item.idxs)
             key = ("split", item.dep.target)
-            alive = [c for c in self._alive_of(key, sum(resize.sizes)) if c not in removed]
+            total = resize.sizes[-1] if resize.kind == "bounds" else sum(resize.sizes)
+            alive = [c for c in self._alive_of(key, total) if c not in removed]
             self._alive[key] = alive
+            if resize.kind == "bounds":
+                for attr, bound in zip(resize.names, resize.sizes[:2], strict=True):
+                    if attr:
+                        setattr(resize.owner, attr, sum(c < bound for c in alive))
+                continue
             bounds = list(itertools.accumulate(resize.sizes, initial=0))
             counts = [sum(a <= c < b for c in alive) for a, b in itertools.pairwise(bounds)]
             if resize.kind == "list":
