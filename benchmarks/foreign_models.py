@@ -129,6 +129,9 @@ def import_torchvision_models(src: str | None) -> Callable[[str], nn.Module] | N
         except Exception:
             return None
         return lambda name: models.get_model(name, weights=None)
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _StubFinder)]
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
+        del sys.modules[name]  # timm's stand-in, if timm came first
     pkg = os.path.join(src, "torchvision")
     for name, sub in (
         ("torchvision", ""),
