@@ -369,6 +369,7 @@ class SplitSizes(nn.Module):
         super().__init__()
         self.conv1 = cbr(3, 12)
         self.mixed = MixedConv2d(12, [8, 4])
+        self.mixed_even = MixedConv2d(12, [6, 6])  # equal parts held in a list
         self.expand_chs = 16
         self.conv2 = cbr(12, self.expand_chs, 1)
         self.left = cbr(8, 8)
@@ -377,7 +378,7 @@ class SplitSizes(nn.Module):
         self.head = nn.Conv2d(12, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(F.relu(self.mixed(self.conv1(x))))
+        x = self.conv2(F.relu(self.mixed_even(F.relu(self.mixed(self.conv1(x))))))
         xs, xb = x.split(self.expand_chs // 2, dim=1)
         x = self.c2f(torch.cat([self.left(xs), xb], dim=1))
         lit, rest = torch.split(x, [5, 7], dim=1)  # literal sizes: these channels stay

@@ -157,17 +157,15 @@ def test_splits_by_sizes_held_in_attributes_are_resized() -> None:
     report = find_groups(model, X)
     groups = {g.name: g for g in report.groups}
     assert list(groups) == ["conv1.0", "conv2.0", "left.0", "c2f.cv1.0", "c2f.m.0", "conv3.0"]
-    assert groups["conv1.0"].fixed == (0, 8)  # MixedConv2d's parts keep a channel each
+    assert groups["conv1.0"].fixed == (0, 6, 8)  # the MixedConv2d parts keep a channel each
     assert sorted(groups["conv2.0"].ties) == [(j, j + 8) for j in range(8)]  # equal halves
     assert sorted(groups["conv3.0"].ties) == [(j, j + 4) for j in range(4)]  # chunk(2)
     assert "fixed sizes [5, 7]" in report.unpruned["c2f.cv2.0"]  # literal sizes: nothing to update
     ratios = {"conv1.0": 0.5, "conv2.0": 0.5, "c2f.cv1.0": 0.5}
     pruned, plan = prune_model(model, ratios, X, return_plan=True)
-    kept = {e.name: e.kept for e in plan.groups}
-    assert pruned.mixed.splits == [
-        sum(k < 8 for k in kept["conv1.0"]),
-        7 - sum(k < 8 for k in kept["conv1.0"]),
-    ]
+    kept = {e.name: e.kept for e in plan.groups}["conv1.0"]
+    assert pruned.mixed.splits == [sum(k < 8 for k in kept), sum(k >= 8 for k in kept)]
+    assert pruned.mixed_even.splits == [sum(k < 6 for k in kept), sum(k >= 6 for k in kept)]
     assert isinstance(pruned.mixed.splits, list) and model.mixed.splits == [8, 4]
     assert (pruned.expand_chs, pruned.c2f.c, model.c2f.c) == (8, 3, 6)  # CSPNet, YOLOv8 C2f
 

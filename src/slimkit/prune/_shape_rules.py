@@ -310,15 +310,15 @@ def _resize(op: Op, sizes: list[int]) -> Resize | None:
         return None
     attrs = {k: v for k, v in vars(owner).items() if not k.startswith("_")}
     ints = {k: v for k, v in attrs.items() if type(v) is int}
+    for name, value in attrs.items():
+        if isinstance(value, list | tuple) and list(value) == sizes:
+            return Resize(owner, (name,), "list", tuple(sizes))
     if len(set(sizes)) == 1 and len(sizes) > 1:  # equal parts: one attribute holds a part/all
         for kind, value in (("int", sizes[0]), ("total", sum(sizes))):
             names = [k for k, v in ints.items() if v == value]
             if len(names) == 1:
                 return Resize(owner, (names[0],), kind, tuple(sizes))
         return None
-    for name, value in attrs.items():
-        if isinstance(value, list | tuple) and list(value) == sizes:
-            return Resize(owner, (name,), "list", tuple(sizes))
     names = []
     for size in sizes:
         match = [k for k, v in ints.items() if v == size and k not in names]
