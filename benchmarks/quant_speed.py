@@ -12,7 +12,7 @@ path, ``slimkit.demo.prepare_data`` + ``train_original``, when missing):
   once into a cache folder and re-used by the other slimkit algorithms, ``ort_entropy`` runs ORT's
   calibrator;
 * the FP32 and every INT8 model are evaluated on the val split through ONNX Runtime (the task's
-  ``evaluate`` with an ``OrtRunner``): acc1 (cls), VOC bbox mAP@0.5 (det) or mIoU (seg); the drop
+  ``evaluate`` inside ``model.using_onnx``): acc1 (cls), VOC bbox mAP@0.5 (det) or mIoU (seg); the drop
   is ``100 * (FP32 - INT8)`` percentage points;
 * on-disk ONNX size, and ONNX Runtime CPU latency at the model's input size: batch 1,
   ``--threads`` intra-op threads, all graph optimisations, median of ``--runs`` timed runs after
@@ -99,13 +99,8 @@ def mb(size: int) -> str:
 
 def ort_metric(model: Any, onnx_path: Path, val_ds: Any, threads: int) -> float:
     """The task's metric of an ONNX model on ``val_ds`` (same loop as ``slim.export_quant_model``)."""
-    from slimkit.tasks.loading import OrtRunner
-
-    model._ort = OrtRunner(onnx_path, threads=threads)
-    try:
+    with model.using_onnx(onnx_path, threads=threads):
         return float(model.evaluate(val_ds)[model.metric_name])
-    finally:
-        model._ort = None
 
 
 def latencies(paths: list[Path], args: argparse.Namespace) -> list[list[float]]:

@@ -187,3 +187,34 @@ def test_compression_commands_chain(tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "b" / "bench.md").is_file()
+
+
+def test_flag_errors_are_one_line_naming_the_command():
+    proc = run_cli("prune", "m", "--ratios", "0.5", "--save-dir", "o", "--criterion", "l3")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("slimkit: error: prune: argument --criterion: invalid choice")
+    assert "'fpgm'" in proc.stderr  # the choices come from slimkit.prune.CRITERIA
+
+
+def test_choices_come_from_the_libraries(capsys):
+    from slimkit.models import list_models
+    from slimkit.prune import CRITERIA
+    from slimkit.quant.config import ALGOS
+
+    for command, values in (("train", list_models()), ("analyze", CRITERIA), ("quantize", ALGOS)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(v in text for v in values), (command, values)
+
+
+def test_a_bug_is_not_turned_into_a_user_error(monkeypatch):
+    """A TypeError from the library is a bug: it propagates with its traceback."""
+    import slimkit.cli as cli
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(cli, "merge_sensitivities", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["merge", "a.json", "-o", "b.json"])

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from slimkit.demo import CONFIGS, analyze, prepare_data, train_original
 from slimkit.tasks.loading import load_model
-from slimkit.tasks.pruning import arch_key
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "slimkit" / "sensitivities"
 REFERENCE_SEED = 1
@@ -34,7 +33,7 @@ def main() -> None:
         train_ds, val_ds = prepare_data(cfg, out / "data" / task, seed=REFERENCE_SEED)
         original = train_original(cfg, train_ds, val_ds, out / task)
         sens = analyze(cfg, original, val_ds, out / task / "model.sensi.json")
-        target = PACKAGE_DIR / f"{arch_key(load_model(original))}.json"
+        target = PACKAGE_DIR / f"{load_model(original).sensitivity_key}.json"
         shutil.copyfile(sens, target)
         print(f"{task}: wrote {target}")
 

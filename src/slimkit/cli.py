@@ -1,7 +1,8 @@
 """The ``slimkit`` command. Each subcommand parses its flags and calls one library function.
 
-Library errors (``ValueError``, ``TypeError``, ``FileNotFoundError``) become one line on stderr and
-exit status 2 — no traceback.
+Expected user errors (``ValueError`` — which includes ``DatasetError`` —, ``FileNotFoundError``,
+``NotADirectoryError`` and bad flags) become one line ``slimkit: error: ...`` on stderr and exit
+status 2. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
+
+from slimkit import slim
+from slimkit.bench.report import run_bench
+from slimkit.data.generate import make_dataset
+from slimkit.demo import run_demo
+from slimkit.models import TASKS, list_models
+from slimkit.prune import CRITERIA, merge_sensitivities
+from slimkit.quant.config import ALGOS
+from slimkit.tasks.factory import create_task, open_split, task_of
+from slimkit.tasks.loading import load_model
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
 def _ratios_arg(text: str) -> float | dict[str, float]:
@@ -45,9 +59,13 @@ def _shard_arg(text: str | None) -> tuple[int, int] | None:
     return (i, n)
 
 
-def cmd_datasets_make(a: argparse.Namespace) -> None:
-    from slimkit.data.generate import make_dataset
+def _list_arg(text: str | None) -> list[str] | None:
+    """A comma-separated flag as a list (None when the flag is absent)."""
+    return [t for t in text.split(",") if t] if text else None
 
+
+# -- commands --------------------------------------------------------------------------------------
+def cmd_datasets_make(a: argparse.Namespace) -> None:
     paths = make_dataset(
         a.task,
         a.dir,
@@ -62,8 +80,6 @@ def cmd_datasets_make(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from slimkit.tasks.factory import create_task, open_split, task_of
-
     task = task_of(a.model)
     train_ds = open_split(task, a.data, "train")
     eval_ds = open_split(task, a.data, "val")
@@ -93,17 +109,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from slimkit.tasks.factory import open_split
-    from slimkit.tasks.loading import load_model
-
     model = load_model(a.model_dir)
     ds = open_split(model.task, a.data, a.split)
     print(json.dumps(model.evaluate(ds, batch_size=a.batch_size, progress=True)))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    from slimkit.tasks.loading import load_model
-
     model = load_model(a.model_dir)
     for image in a.images:
         result = model.predict(image)
@@ -119,27 +130,24 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def cmd_prune(a: argparse.Namespace) -> None:
-    from slimkit.slim import prune
-
-    prune(
-        a.model_dir, _ratios_arg(a.ratios), a.save_dir, criterion=a.criterion, round_to=a.round_to
+    slim.prune(
+        a.model_dir,
+        _ratios_arg(a.ratios),
+        a.save_dir,
+        criterion=a.criterion,
+        round_to=a.round_to or None,
     )
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
-    from slimkit import slim
-    from slimkit.tasks.factory import open_split
-    from slimkit.tasks.loading import load_model
-
     model = load_model(a.model_dir)
     ds = open_split(model.task, a.data, a.split)
-    groups = a.groups.split(",") if a.groups else None
     slim.analysis(
         model,
         ds,
         batch_size=a.batch_size,
         save_file=a.save_file,
-        groups=groups,
+        groups=_list_arg(a.groups),
         shard=_shard_arg(a.shard),
         loss_cap=a.loss_cap,
         restart=a.restart,
@@ -149,16 +157,11 @@ def cmd_analyze(a: argparse.Namespace) -> None:
 
 
 def cmd_merge(a: argparse.Namespace) -> None:
-    from slimkit.prune import merge_sensitivities
-
     merged = merge_sensitivities(a.files, save_file=a.output)
     print(f"merged {len(a.files)} files ({len(merged['sensitivities'])} groups) into {a.output}")
 
 
 def cmd_visualize(a: argparse.Namespace) -> None:
-    from slimkit import slim
-    from slimkit.tasks.loading import load_model
-
     paths = slim.visualize(
         load_model(a.model_dir), a.sensitivities, a.save_dir, eval_metric_loss=a.eval_metric_loss
     )
@@ -167,10 +170,6 @@ def cmd_visualize(a: argparse.Namespace) -> None:
 
 
 def cmd_quantize(a: argparse.Namespace) -> None:
-    from slimkit import slim
-    from slimkit.tasks.factory import open_split
-    from slimkit.tasks.loading import load_model
-
     model = load_model(a.model_dir)
     ds = open_split(model.task, a.data, a.split)
     slim.export_quant_model(
@@ -182,14 +181,12 @@ def cmd_quantize(a: argparse.Namespace) -> None:
         cache_dir=a.cache_dir,
         algo=a.algo,
         max_metric_drop=a.max_metric_drop,
-        exclude=tuple(a.exclude.split(",")) if a.exclude else (),
+        exclude=tuple(_list_arg(a.exclude) or ()),
     )
     print(f"INT8 model written to {a.save_dir}")
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from slimkit.bench.report import run_bench
-
     run_bench(
         a.model_dirs,
         a.data,
@@ -197,36 +194,54 @@ def cmd_bench(a: argparse.Namespace) -> None:
         split=a.split,
         threads=a.threads,
         runs=a.runs,
-        names=a.names.split(",") if a.names else None,
+        names=_list_arg(a.names),
     )
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from slimkit.demo import run_demo
-
     run_demo(a.out, quick=a.quick, tasks=a.tasks.split(","))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slimkit", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+# -- parser ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``slimkit: error: ...``), exit status 2."""
 
-    ds = sub.add_parser("datasets", help="built-in datasets").add_subparsers(
-        dest="action", required=True
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("slimkit").strip()
+        self.exit(2, f"slimkit: error: {command + ': ' if command else ''}{message}\n")
+
+
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[_Parser]
+
+
+def _add(
+    sub: Subparsers, name: str, func: Callable[[argparse.Namespace], None], help: str
+) -> _Parser:
+    parser = sub.add_parser(name, help=help, description=help)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_datasets(sub: Subparsers) -> None:
+    ds = sub.add_parser("datasets", help="built-in datasets")
+    mk = _add(
+        ds.add_subparsers(dest="action", required=True),
+        "make",
+        cmd_datasets_make,
+        "write a built-in dataset in the standard on-disk format",
     )
-    mk = ds.add_parser("make", help="write a built-in dataset in the standard on-disk format")
-    mk.add_argument("--task", choices=["cls", "det", "seg"], required=True)
+    mk.add_argument("--task", choices=TASKS, required=True)
     mk.add_argument("dir")
     mk.add_argument("--num-train", type=int)
     mk.add_argument("--num-val", type=int)
     mk.add_argument("--image-size", type=int)
     mk.add_argument("--seed", type=int, default=0)
-    mk.set_defaults(func=cmd_datasets_make)
 
-    tr = sub.add_parser("train", help="train (or prune + fine-tune) a zoo model")
-    tr.add_argument(
-        "--model", required=True, help="mobilenetv1 | mobilenetv2 | yolov3_mobilenetv1 | unet"
-    )
+
+def _add_train(sub: Subparsers) -> None:
+    tr = _add(sub, "train", cmd_train, "train (or prune + fine-tune) a zoo model")
+    tr.add_argument("--model", required=True, choices=[m for t in TASKS for m in list_models(t)])
     tr.add_argument("--data", required=True, help="dataset directory with train/val lists")
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=32)
@@ -241,32 +256,30 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=float, default=0.05)
     tr.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
-    tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate a model directory")
+
+def _add_model_commands(sub: Subparsers) -> None:
+    ev = _add(sub, "evaluate", cmd_evaluate, "evaluate a model directory")
     ev.add_argument("model_dir")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="val")
     ev.add_argument("--batch-size", type=int, default=8)
-    ev.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="predict images with a model directory")
+    pr = _add(sub, "predict", cmd_predict, "predict images with a model directory")
     pr.add_argument("model_dir")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--threshold", type=float, default=0.3, help="det: minimum score shown")
-    pr.set_defaults(func=cmd_predict)
 
-    pn = sub.add_parser("prune", help="prune a model by a uniform ratio or a {group: ratio} JSON")
+
+def _add_pruning(sub: Subparsers) -> None:
+    pn = _add(sub, "prune", cmd_prune, "prune a model by a uniform ratio or a {group: ratio} JSON")
     pn.add_argument("model_dir")
-    pn.add_argument(
-        "--ratios", required=True, help="a float (uniform) or a JSON file {group: ratio}"
-    )
+    pn.add_argument("--ratios", required=True, help="a float (uniform) or a JSON file")
     pn.add_argument("--save-dir", required=True)
-    pn.add_argument("--criterion", choices=["l1", "fpgm", "bn_scale"], default="l1")
-    pn.add_argument("--round-to", type=int)
-    pn.set_defaults(func=cmd_prune)
+    pn.add_argument("--criterion", choices=list(CRITERIA), default="l1")
+    pn.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
 
-    an = sub.add_parser("analyze", help="sensitivity analysis on the validation set")
+    an = _add(sub, "analyze", cmd_analyze, "sensitivity analysis on the validation set")
     an.add_argument("model_dir")
     an.add_argument("--data", required=True)
     an.add_argument("--split", default="val")
@@ -275,36 +288,41 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--groups", help="comma-separated group names (a worker's share)")
     an.add_argument("--shard", help="i/n: this worker's deterministic share of the groups")
     an.add_argument("--loss-cap", type=float, default=1.0)
-    an.add_argument("--criterion", choices=["l1", "fpgm", "bn_scale"], default="l1")
+    an.add_argument("--criterion", choices=list(CRITERIA), default="l1")
     an.add_argument("--restart", action="store_true", help="discard a mismatching save file")
-    an.set_defaults(func=cmd_analyze)
 
-    mg = sub.add_parser("merge", help="merge sensitivity files computed on disjoint groups")
+    mg = _add(sub, "merge", cmd_merge, "merge sensitivity files computed on disjoint groups")
     mg.add_argument("files", nargs="+")
     mg.add_argument("-o", "--output", required=True)
-    mg.set_defaults(func=cmd_merge)
 
-    vi = sub.add_parser("visualize", help="plot sensitivities (budget curve and per-group curves)")
+    vi = _add(sub, "visualize", cmd_visualize, "plot sensitivities (budget and per-group curves)")
     vi.add_argument("model_dir")
     vi.add_argument("sensitivities")
     vi.add_argument("--save-dir", default=".")
     vi.add_argument("--eval-metric-loss", type=float, default=0.05)
-    vi.set_defaults(func=cmd_visualize)
 
-    qu = sub.add_parser("quantize", help="post-training INT8 quantization to ONNX")
+
+def _add_quantize(sub: Subparsers) -> None:
+    qu = _add(sub, "quantize", cmd_quantize, "post-training INT8 quantization to ONNX")
     qu.add_argument("model_dir")
     qu.add_argument("--data", required=True)
     qu.add_argument("--split", default="val")
     qu.add_argument("--batch-size", type=int, default=1)
     qu.add_argument("--batch-num", type=int, default=10)
-    qu.add_argument("--algo", default="KL", help="KL | minmax | percentile | ort_entropy")
+    qu.add_argument("--algo", default="KL", type=_algo_arg, choices=ALGOS)
     qu.add_argument("--save-dir", required=True)
     qu.add_argument("--cache-dir")
     qu.add_argument("--max-metric-drop", type=float)
     qu.add_argument("--exclude", help="comma-separated ONNX node names kept in FP32")
-    qu.set_defaults(func=cmd_quantize)
 
-    be = sub.add_parser("bench", help="size, metric and latency table for model directories")
+
+def _algo_arg(text: str) -> str:
+    """``--algo`` is case-insensitive (``kl`` → ``KL``), as ``QuantConfig`` is."""
+    return {a.lower(): a for a in ALGOS}.get(text.lower(), text)
+
+
+def _add_bench_demo(sub: Subparsers) -> None:
+    be = _add(sub, "bench", cmd_bench, "size, metric and latency table for model directories")
     be.add_argument("model_dirs", nargs="+")
     be.add_argument("--data", required=True)
     be.add_argument("--split", default="val")
@@ -312,22 +330,34 @@ def _parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench_output")
     be.add_argument("--threads", type=int, default=1)
     be.add_argument("--runs", type=int, default=20)
-    be.set_defaults(func=cmd_bench)
 
-    de = sub.add_parser("demo", help="the end-to-end workflow on the built-in data")
+    de = _add(sub, "demo", cmd_demo, "the end-to-end workflow on the built-in data")
     de.add_argument("--out", default="demo_output")
     de.add_argument("--quick", action="store_true", help="tiny sizes and few steps (used by tests)")
     de.add_argument("--tasks", default="cls,det,seg")
-    de.set_defaults(func=cmd_demo)
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="slimkit", description=(__doc__ or "").splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_datasets,
+        _add_train,
+        _add_model_commands,
+        _add_pruning,
+        _add_quantize,
+        _add_bench_demo,
+    ):
+        add(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slimkit`` console script."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # a bad flag exits 2 with one line (_Parser.error)
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as e:
+    except USER_ERRORS as e:
         print(f"slimkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

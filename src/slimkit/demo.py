@@ -15,6 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from slimkit import slim
+from slimkit.bench.report import format_report, run_bench
+from slimkit.data.generate import make_dataset
+from slimkit.tasks.factory import create_task, open_split
+from slimkit.tasks.loading import load_model
 from slimkit.tasks.logging import log
 from slimkit.tasks.modeldir import read_model_yml
 
@@ -105,9 +110,6 @@ CONFIGS: dict[str, DemoConfig] = {
 
 def prepare_data(cfg: DemoConfig, data_dir: Path, seed: int = 0) -> tuple[Any, Any]:
     """Write (once) and open the built-in dataset of a task."""
-    from slimkit.data.generate import make_dataset
-    from slimkit.tasks.factory import open_split
-
     if not (data_dir / "val_list.txt").is_file():
         make_dataset(
             cfg.task,
@@ -131,8 +133,6 @@ def _trained(save_dir: Path, epochs: int) -> bool:
 
 def train_original(cfg: DemoConfig, train_ds: Any, val_ds: Any, out: Path) -> Path:
     """Stage 1: train the original model; returns its ``best_model`` directory."""
-    from slimkit.tasks.factory import create_task
-
     best = out / "original" / "best_model"
     if not _trained(out / "original", cfg.epochs):
         model = create_task(
@@ -158,9 +158,6 @@ def train_original(cfg: DemoConfig, train_ds: Any, val_ds: Any, out: Path) -> Pa
 
 def analyze(cfg: DemoConfig, model_dir: Path, val_ds: Any, save_file: Path) -> Path:
     """Stage 2: sensitivity analysis of the trained model (resumes an interrupted file)."""
-    from slimkit import slim
-    from slimkit.tasks.loading import load_model
-
     slim.analysis(
         load_model(model_dir),
         val_ds,
@@ -181,8 +178,6 @@ def prune_and_finetune(
     out: Path,
 ) -> Path | None:
     """Stage 3: method 1 (a file) or method 2 (``"DEFAULT"``): prune + fine-tune."""
-    from slimkit.tasks.loading import load_model
-
     best = out / "best_model"
     if _trained(out, cfg.finetune_epochs):
         return best
@@ -210,9 +205,6 @@ def prune_and_finetune(
 
 def quantize(cfg: DemoConfig, model_dir: Path, val_ds: Any, out: Path) -> Path:
     """Stage 4: INT8 post-training quantization with KL calibration."""
-    from slimkit import slim
-    from slimkit.tasks.loading import load_model
-
     if not _done(out):
         slim.export_quant_model(
             load_model(model_dir),
@@ -227,8 +219,6 @@ def quantize(cfg: DemoConfig, model_dir: Path, val_ds: Any, out: Path) -> Path:
 
 def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
     """The whole workflow for one task; returns the benchmark result."""
-    from slimkit.bench.report import run_bench
-
     start = time.time()
     train_ds, val_ds = prepare_data(cfg, data_root / cfg.task)
     log(f"[{cfg.task}] 1/5 train {cfg.architecture} ({len(train_ds)} train / {len(val_ds)} val)")
@@ -241,6 +231,7 @@ def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
         log(f"[{cfg.task}] 3/5 method 1 (own sensitivities) and method 2 (DEFAULT)")
         method1 = prune_and_finetune(cfg, original, sens, train_ds, val_ds, out / "method1")
         method2 = prune_and_finetune(cfg, original, "DEFAULT", train_ds, val_ds, out / "method2")
+        assert method1 is not None  # only method 2 (DEFAULT) is skipped, returning None
         rows.append((f"method1 (loss {cfg.eval_metric_loss})", method1))
         if method2 is not None:
             rows.append((f"method2 DEFAULT (loss {cfg.eval_metric_loss})", method2))
@@ -278,7 +269,6 @@ def run_demo(
     for task in tasks:
         cfg = CONFIGS[task].quick() if quick else CONFIGS[task]
         results[task] = run_task(cfg, out / task, out / "data")
-    from slimkit.bench.report import format_report
 
     for task, res in results.items():
         print(f"\n## {task}\n\n{format_report(res)}")

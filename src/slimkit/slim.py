@@ -11,15 +11,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
+from slimkit.quant import QuantConfig, export_onnx, quantize
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
+from slimkit.tasks.loading import load_model
 from slimkit.tasks.logging import log
-from slimkit.tasks.pruning import arch_key, resolve_sensitivities
+from slimkit.tasks.pruning import resolve_sensitivities
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _require_net(model: BaseTask, what: str) -> None:
+def _require_net(model: BaseTask, what: str) -> nn.Module:
     if not isinstance(model, BaseTask):
         raise TypeError(
             f"{what} takes a slimkit model (e.g. slimkit.cls.MobileNetV2 or slimkit.load_model(dir)), "
@@ -27,6 +31,7 @@ def _require_net(model: BaseTask, what: str) -> None:
         )
     if model.net is None:
         raise ValueError(f"{what} needs an FP32 model; this one is {model.status}")
+    return model.net
 
 
 def analysis(
@@ -41,15 +46,15 @@ def analysis(
     restart: bool = False,
     criterion: str = "l1",
     progress: bool = True,
-) -> dict[str, dict[float, float]]:
+) -> dict[str, dict[float, float | None]]:
     """Sensitivity of every prunable group of a trained zoo model on ``dataset`` (its eval metric).
 
     Writes ``save_file`` after every point; re-running resumes it. Returns ``{group: {ratio: loss}}``.
     """
+    # torch-pruning is heavy: slimkit.prune loads when a slim function runs, not on `import slimkit`
     from slimkit.prune import analyze_sensitivity
 
-    _require_net(model, "slim.analysis")
-    net = model.net.cpu().eval()
+    net = _require_net(model, "slim.analysis").cpu().eval()
     data = model.eval_batches(dataset, batch_size)
     return analyze_sensitivity(
         net,
@@ -64,7 +69,7 @@ def analysis(
         criterion=criterion,
         progress=progress,
         metric_name=model.metric_name,
-        architecture=arch_key(model),
+        architecture=model.sensitivity_key,
         example_inputs=model.example_inputs(),
     )
 
@@ -80,15 +85,15 @@ def visualize(
     ``sensi_budget.png``: eval_metric_loss (x) vs the fraction of params and FLOPs pruned (y);
     ``sensi_groups.png``: every group's loss-vs-ratio curve with the ratio chosen at the budget.
     """
-    from slimkit.prune import load_sensitivities
+    from slimkit.prune import load_sensitivities  # heavy (torch-pruning, matplotlib), see above
     from slimkit.prune.plots import plot_budget_curve, plot_group_curves
 
-    _require_net(model, "slim.visualize")
-    sens = load_sensitivities(resolve_sensitivities(model, sensitivities_file))
+    net = _require_net(model, "slim.visualize")
+    sens = load_sensitivities(resolve_sensitivities(model.sensitivity_key, sensitivities_file))
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     budget, groups = save_dir / "sensi_budget.png", save_dir / "sensi_groups.png"
-    plot_budget_curve(sens, model.net.cpu().eval(), model.example_inputs(), budget)
+    plot_budget_curve(sens, net.cpu().eval(), model.example_inputs(), budget)
     plot_group_curves(sens, groups, eval_metric_loss=eval_metric_loss)
     return [budget, groups]
 
@@ -98,30 +103,19 @@ def prune(
     ratios: float | dict[str, float],
     save_dir: str | os.PathLike,
     criterion: str = "l1",
-    round_to: int | None = None,
+    round_to: int | None = 8,
 ) -> BaseTask:
-    """Prune a saved model (uniform ratio or ``{group: ratio}``), print params/FLOPs, save it."""
-    from slimkit.prune import prune_model
-    from slimkit.prune.counting import count_macs, count_params, format_count
-    from slimkit.tasks.loading import load_model
-    from slimkit.tasks.pruning import _merge_plans
+    """Prune a saved model (uniform ratio or ``{group: ratio}``), log params/FLOPs, save it.
 
-    model = load_model(model_dir)
-    _require_net(model, "prune")
+    The same path as ``train(sensitivities_file=...)``: :meth:`BaseTask.prune`.
+    """
     if Path(save_dir).resolve() == Path(model_dir).resolve():
         raise ValueError(
             "--save-dir must differ from the model directory (it would be overwritten)"
         )
-    net, x = model.net.cpu().eval(), model.example_inputs()
-    before = count_params(net), 2 * count_macs(net, x)
-    pruned, plan = prune_model(
-        net, ratios, x, criterion=criterion, round_to=round_to, return_plan=True
-    )
-    model.net, model.status = pruned, "Prune"
-    model.prune_plan = _merge_plans(model.prune_plan, plan)
-    after = count_params(pruned), 2 * count_macs(pruned, x)
-    for name, b, a in (("params", before[0], after[0]), ("FLOPs", before[1], after[1])):
-        print(f"{name:7s} {format_count(b):>9s} -> {format_count(a):>9s}  ({a / b:.1%})")
+    model = load_model(model_dir)
+    _require_net(model, "prune")
+    model.prune(ratios, criterion=criterion, round_to=round_to)
     model.save(save_dir)
     return model
 
@@ -145,55 +139,66 @@ def export_quant_model(
     With ``max_metric_drop`` (absolute, in metric units) the worst layers stay FP32 until the INT8
     metric is within that drop. Returns the loaded Quant model.
     """
-    from slimkit.prune.counting import count_macs, count_params
-    from slimkit.quant import QuantConfig, export_onnx, quantize
-    from slimkit.tasks.loading import OrtRunner, load_model
-
     _require_net(model, "slim.export_quant_model")
     if batch_size < 1 or batch_num < 1:
         raise ValueError(f"batch_size and batch_num must be >= 1, got {batch_size} and {batch_num}")
     if len(test_dataset) == 0:
         raise ValueError("the calibration dataset is empty")
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = save_dir / modeldir.ONNX_FP32
-    export_onnx(model.net.cpu().eval(), model.example_inputs(), fp32)
-
-    def eval_fn(onnx_path: str | os.PathLike) -> float:
-        model._ort = OrtRunner(onnx_path)
-        try:
-            return float(model.evaluate(test_dataset)[model.metric_name])
-        finally:
-            model._ort = None
-
     config = QuantConfig(
         algo=algo, batch_num=batch_num, exclude=tuple(exclude), max_metric_drop=max_metric_drop
     )
-    int8 = save_dir / modeldir.ONNX_INT8
+    save_dir = Path(save_dir)
+    with modeldir.writing(save_dir) as tmp:
+        info = _quantize_into(tmp, model, test_dataset, batch_size, config, cache_dir)
+        modeldir.write_model_yml(tmp, info)
+    int8_metric, fp32_metric = info["metrics"][model.metric_name], info["fp32_metrics"]
+    log(
+        f"INT8 {model.metric_name} {int8_metric:.4f} "
+        f"(FP32 {fp32_metric[model.metric_name]:.4f}) -> {save_dir}"
+    )
+    return load_model(save_dir)
+
+
+def _quantize_into(
+    out: Path,
+    model: BaseTask,
+    dataset: Any,
+    batch_size: int,
+    config: QuantConfig,
+    cache_dir: str | os.PathLike | None,
+) -> dict[str, Any]:
+    """Write the FP32 and INT8 ONNX files of ``model`` into ``out``; returns the ``model.yml`` dict."""
+    from slimkit.prune.counting import count_macs, count_params  # heavy, see analysis()
+
+    assert model.net is not None
+    fp32, int8 = out / modeldir.ONNX_FP32, out / modeldir.ONNX_INT8
+    export_onnx(model.net.cpu().eval(), model.example_inputs(), fp32)
+
+    def eval_fn(onnx_path: str | os.PathLike) -> float:
+        with model.using_onnx(onnx_path):
+            return float(model.evaluate(dataset)[model.metric_name])
+
     result = quantize(
         fp32,
-        model.make_loader(test_dataset, batch_size),
+        model.make_loader(dataset, batch_size),
         int8,
         config,
-        cache_dir=cache_dir,
+        cache_dir=None if cache_dir is None else Path(cache_dir),
         fp32_path=fp32,
-        eval_fn=eval_fn if max_metric_drop is not None else None,
+        eval_fn=eval_fn if config.max_metric_drop is not None else None,
     )
-    fp32_metric, int8_metric = eval_fn(fp32), eval_fn(int8)
     info = model.info()
     info.update(
         status="Quant",
-        metrics={model.metric_name: int8_metric},
+        metrics={model.metric_name: eval_fn(int8)},
         params=count_params(model.net),
         macs=count_macs(model.net, model.example_inputs()),
-        fp32_metrics={model.metric_name: fp32_metric},
+        fp32_metrics={model.metric_name: eval_fn(fp32)},
         quant={
-            "algo": algo,
+            "algo": config.algo,
             "batch_size": batch_size,
-            "batch_num": batch_num,
+            "batch_num": config.batch_num,
             "fp32_nodes": list(result.fp32_nodes),
         },
     )
-    modeldir.write_yaml_atomic(save_dir / modeldir.MODEL_YML, info)
-    log(f"INT8 {model.metric_name} {int8_metric:.4f} (FP32 {fp32_metric:.4f}) -> {save_dir}")
-    return load_model(save_dir)
+    return info

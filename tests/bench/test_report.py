@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -286,3 +288,21 @@ def test_plots_write_png_even_without_data(tmp_path: Path) -> None:
         for name, data in (("full", rows), ("empty", empty)):
             path = fn(data, tmp_path / "sub" / f"{fn.__name__}_{name}.png")
             assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1000
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path: Path) -> None:
+    code = (
+        "import matplotlib; matplotlib.use('svg'); "
+        "from slimkit.bench.plots import plot_pareto; "
+        f"plot_pareto([], {str(tmp_path / 'p.png')!r}); print(matplotlib.get_backend())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
+
+
+def test_table_rows_use_the_registry_display_name() -> None:
+    row = _row("base", 0.9, {"cpu_torch": 1.0})
+    add_ratios([row], baseline=0)
+    for arch, shown in (("yolov3_mobilenetv1", "YOLOv3-MobileNetV1"), ("my_net", "my_net")):
+        row["architecture"] = arch
+        assert format_table([row]).splitlines()[2].startswith(f"| {shown} |")

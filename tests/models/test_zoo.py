@@ -160,7 +160,7 @@ def test_unknown_model_suggests_close_matches() -> None:
 
 
 def test_register_model_adds_names_and_rejects_clashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_registry, "_MODEL_FACTORIES", dict(_registry._MODEL_FACTORIES))
+    monkeypatch.setattr(_registry, "_MODEL_SPECS", dict(_registry._MODEL_SPECS))
 
     def tiny_linear(num_classes: int = 2) -> nn.Module:
         return nn.Linear(4, num_classes)

@@ -144,3 +144,40 @@ def test_method1_pruning_rounds_kept_channels(data_dirs, tmp_path):
         loaded.status == "Prune"
         and loaded.net.classifier.in_features == model.net.classifier.in_features
     )
+
+
+def test_save_replaces_a_model_dir_whole_and_refuses_foreign_files(tmp_path):
+    model = slimkit.seg.UNet(num_classes=2, input_size=32, base_channels=4, depth=2)
+    target = tmp_path / "m"
+    model.prune(0.5, log_fn=lambda line: None)
+    model.save(target)
+    assert (target / "prune_plan.json").is_file()
+    fresh = slimkit.seg.UNet(num_classes=2, input_size=32, base_channels=4, depth=2)
+    fresh.save(target)  # a Normal model over a Prune one: the stale plan goes with the old dir
+    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "model.yml"]
+    assert slimkit.load_model(target).status == "Normal"
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to replace .*notes.txt"):
+        fresh.save(target)
+    assert (target / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary siblings left
+
+
+def test_one_prune_path_logs_params_and_flops(tmp_path):
+    from slimkit import slim
+
+    model = slimkit.seg.UNet(num_classes=2, input_size=32, base_channels=12, depth=2)
+    lines = []
+    with pytest.raises(ValueError, match="either ratios or sensitivities_file"):
+        model.prune()
+    assert model.prune(0.5, log_fn=lines.append) == 0.5
+    assert len(lines) == 1 and "params" in lines[0] and "FLOPs" in lines[0]
+    assert model.status == "Prune"
+    convs = [m.out_channels for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert 12 not in convs and all(c % 8 == 0 for c in convs[:-1])  # round_to=8 by default
+    model.save(tmp_path / "p")
+    twice = slim.prune(tmp_path / "p", 0.5, tmp_path / "q")  # slim.prune: the same method
+    assert twice.status == "Prune" and twice.prune_plan is not None
+    reloaded = slimkit.load_model(tmp_path / "q")
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(reloaded.net(x), twice.net.eval()(x))

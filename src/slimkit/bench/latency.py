@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit._utils import eval_mode
+from slimkit._utils import eval_mode, make_ort_session
 
 __all__ = ["LatencyStats", "measure", "onnx_latency", "torch_latency"]
 
@@ -246,22 +246,13 @@ def onnx_latency(
     Returns:
         The statistics; ``device`` is the first provider in use without its suffix, e.g. ``"cpu"``.
     """
-    import onnxruntime as ort
-
     path = os.fspath(onnx_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"onnx_latency: no ONNX file at {path!r}")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     _check_counts(warmup, runs)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(
-        path, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    session = make_ort_session(path, threads=threads, providers=providers)
     feed = _ort_feed(session, input_shape)
     device = session.get_providers()[0].removesuffix("ExecutionProvider").lower()
     return measure(lambda: session.run(None, feed), warmup, runs, threads=threads, device=device)

@@ -1,7 +1,8 @@
 """Benchmark plots: latency vs metric with the Pareto front, and size vs metric.
 
 Rows are those of ``slimkit.bench.report.benchmark_model`` / ``run_bench``. matplotlib is imported
-lazily, with the non-interactive Agg backend, so importing this module is cheap and works headless.
+only when a plot is drawn, on a figure with its own Agg canvas: it works headless and leaves the
+user's pyplot backend alone.
 """
 
 from __future__ import annotations
@@ -11,16 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from slimkit._utils import agg_figure
+
 _ENGINE_LABELS = {"cpu_torch": "torch", "cpu_ort_fp32": "ORT FP32", "cpu_ort_int8": "ORT INT8"}
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -87,7 +81,6 @@ def _save(fig: Any, ax: Any, path: str | os.PathLike, empty: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
     return path
 
 
@@ -128,8 +121,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path
     Returns:
         ``path``.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = agg_figure(7, 5)
+    ax = fig.subplots()
     pts = _points(rows, _best_cpu_ms, _engine_label)
     if pts:
         _scatter_front(ax, pts, "tab:blue")
@@ -149,8 +142,8 @@ def plot_size_metric(rows: Sequence[dict[str, Any]], path: str | os.PathLike) ->
     Returns:
         ``path``.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = agg_figure(7, 5)
+    ax = fig.subplots()
     pts = _points(rows, lambda r: r["size_bytes"] / 2**20 if r.get("size_bytes") else None)
     if pts:
         _scatter_front(ax, pts, "tab:green")

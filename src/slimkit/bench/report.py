@@ -18,7 +18,19 @@ import platform
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import torch
+
+from slimkit.bench.latency import onnx_latency, torch_latency
+from slimkit.bench.plots import plot_pareto, plot_size_metric
+from slimkit.models import list_models, model_spec
+from slimkit.prune.counting import count_macs, count_params, file_size, format_bytes, format_count
+from slimkit.quant import export_onnx
+from slimkit.tasks import modeldir
+from slimkit.tasks.factory import open_split
+from slimkit.tasks.loading import load_model
+from slimkit.tasks.logging import log
 
 BENCH_FORMAT_VERSION = 1
 CPU_ENGINES = ("cpu_torch", "cpu_ort_fp32", "cpu_ort_int8")
@@ -79,12 +91,13 @@ def _node_macs(node: Any, shapes: dict[str, list[int | None]]) -> int:
     if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return 0
     names = [node.input[0], node.input[1], node.output[0]]
-    a, b, out = (shapes.get(n) for n in names)
-    if a is None or b is None or out is None or None in (*a, *b, *out):
+    known = [shapes.get(n) for n in names]
+    if any(s is None or None in s for s in known):
         raise ValueError(
             f"ONNX node {node.name or op!r} ({op}) has unknown shapes after shape inference; "
             "export the model with static input height and width"
         )
+    a, b, out = (cast("list[int]", s) for s in known)
     if op == "Conv":  # W: [Cout, Cin/g, k...]
         return _prod(out) * _prod(b[1:])
     if op == "ConvTranspose":  # W: [Cin, Cout/g, k...]
@@ -106,7 +119,7 @@ def onnx_macs(path: str | os.PathLike) -> int:
     Raises:
         ValueError: the file is missing or unreadable, or a counted node's shape is not static.
     """
-    import onnx
+    import onnx  # heavy: loaded only when an ONNX graph is counted
 
     graph_model = _load_onnx(path)
     batch = _fix_batch_dims(graph_model)
@@ -125,7 +138,7 @@ def onnx_params(path: str | os.PathLike) -> int:
     BatchNormalization running mean / variance (inputs 3 and 4) are buffers, not parameters, and are
     left out; integer initializers (shapes, axes) too.
     """
-    import onnx
+    import onnx  # heavy: loaded only when an ONNX graph is counted
 
     model = _load_onnx(path)
     buffers = {
@@ -145,7 +158,7 @@ def onnx_params(path: str | os.PathLike) -> int:
 
 
 def _load_onnx(path: str | os.PathLike) -> Any:
-    import onnx
+    import onnx  # heavy: loaded only when an ONNX graph is counted
 
     path = Path(path)
     if not path.is_file():
@@ -158,8 +171,6 @@ def _load_onnx(path: str | os.PathLike) -> Any:
 
 # -- one model -------------------------------------------------------------------------------------
 def _size_of(path: Path) -> int:
-    from slimkit.prune.counting import file_size
-
     return int(file_size(path))
 
 
@@ -169,8 +180,6 @@ def _complexity(model: Any, info: dict[str, Any], fp32_onnx: Path) -> dict[str, 
     ``onnx_params`` counts the exported FP32 graph of every row (BN folded into convs), so that a
     Quant row without stored counts can be compared like for like (see :func:`add_ratios`).
     """
-    from slimkit.prune.counting import count_macs, count_params
-
     onnx_count = onnx_params(fp32_onnx)
     if model.net is not None:
         net = model.net.cpu().eval()
@@ -192,32 +201,27 @@ def _cpu_latency(
     model: Any, onnx_fp32: Path, onnx_int8: Path | None, threads: int, runs: int, warmup: int
 ) -> dict[str, Any]:
     """Batch-1 CPU latency of every engine that applies (None where one does not)."""
-    from slimkit.bench.latency import onnx_latency, torch_latency
-
     shape = tuple(model.example_inputs(1).shape)
     kw = {"threads": threads, "warmup": warmup, "runs": runs}
     out: dict[str, Any] = dict.fromkeys(CPU_ENGINES)
     if model.net is not None:
         net = model.net.cpu().eval()
         out["cpu_torch"] = torch_latency(net, shape, device="cpu", **kw).to_dict()
-    out["cpu_ort_fp32"] = onnx_latency(onnx_fp32, shape, **kw).to_dict()
-    if onnx_int8 is not None:
-        out["cpu_ort_int8"] = onnx_latency(onnx_int8, shape, **kw).to_dict()
+    for engine, path in (("cpu_ort_fp32", onnx_fp32), ("cpu_ort_int8", onnx_int8)):
+        if path is not None:
+            stats = onnx_latency(path, shape, threads=threads, warmup=warmup, runs=runs)
+            out[engine] = stats.to_dict()
     return out
 
 
 def _gpu_latency(model: Any, gpu: bool | None, runs: int, warmup: int) -> tuple[Any, str | None]:
     """Torch eager CUDA latency at batch 1, or (None, reason)."""
-    import torch
-
     if gpu is False:
         return None, "n/a (disabled)"
     if not torch.cuda.is_available():
         return None, NO_CUDA
     if model.net is None:
         return None, "n/a (ONNX INT8 model)"
-    from slimkit.bench.latency import torch_latency
-
     shape = tuple(model.example_inputs(1).shape)
     stats = torch_latency(model.net.eval(), shape, warmup=warmup, runs=runs, device="cuda")
     model.net.cpu()
@@ -270,9 +274,6 @@ def benchmark_model(
     Raises:
         ValueError: the directory is not a complete model directory or an argument is out of range.
     """
-    from slimkit.tasks import modeldir
-    from slimkit.tasks.loading import load_model
-
     _check_args(threads, runs, warmup, gpu)
     model_dir = Path(model_dir)
     info = modeldir.read_model_yml(model_dir)
@@ -310,16 +311,12 @@ def benchmark_model(
 
 
 def _export_fp32(model: Any, tmp_dir: Path) -> Path:
-    from slimkit.quant import export_onnx
-
     path = tmp_dir / "model_fp32.onnx"
     export_onnx(model.net.cpu().eval(), model.example_inputs(1), path, opset=17)
     return path
 
 
 def _check_args(threads: int, runs: int, warmup: int, gpu: bool | None) -> None:
-    import torch
-
     for name, value, low in (("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -330,8 +327,7 @@ def _check_args(threads: int, runs: int, warmup: int, gpu: bool | None) -> None:
 # -- several models --------------------------------------------------------------------------------
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU model (from /proc/cpuinfo), thread setting, library versions, CUDA device and date."""
-    import onnxruntime
-    import torch
+    import onnxruntime  # heavy: loaded only when a report is made
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -453,10 +449,6 @@ def run_bench(
         ValueError: a directory is missing or not a model directory, the data split is missing,
             or names / baseline / counts are inconsistent. Checked before anything is timed.
     """
-    from slimkit.tasks import modeldir
-    from slimkit.tasks.factory import open_split
-    from slimkit.tasks.logging import log
-
     if isinstance(model_dirs, (str, os.PathLike)) or not model_dirs:
         raise ValueError("model_dirs must be a non-empty list of model directories")
     dirs = [Path(d) for d in model_dirs]
@@ -486,8 +478,6 @@ def run_bench(
 
 
 def _write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
-    from slimkit.bench.plots import plot_pareto, plot_size_metric
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": "bench.json", "markdown": "bench.md"}
     files.update(pareto="bench_pareto.png", size_metric="bench_size_metric.png")
@@ -502,12 +492,6 @@ def _write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 # -- Markdown --------------------------------------------------------------------------------------
-ARCH_NAMES = {
-    "mobilenetv1": "MobileNetV1",
-    "mobilenetv2": "MobileNetV2",
-    "yolov3_mobilenetv1": "YOLOv3-MobileNetV1",
-    "unet": "UNet",
-}
 TABLE_HEADER = (
     "模型 (model)|裁剪情况 (variant)|模型大小 (size)|{metric} (%)|params|FLOPs|CPU torch FP32 (ms)|"
     "CPU ORT FP32 (ms)|CPU ORT INT8 (ms)|GPU torch (ms)|CPU latency ratio vs original"
@@ -539,16 +523,19 @@ def _params_cell(row: dict[str, Any], format_count: Callable[[float], str]) -> s
     return format_count(row["params"]) + marker
 
 
-def _table_row(row: dict[str, Any], metric_names: set[str]) -> list[str]:
-    from slimkit.prune.counting import format_bytes, format_count
+def _display_name(architecture: str) -> str:
+    """The registry's display name (``MobileNetV2``); the raw name for an unregistered one."""
+    return model_spec(architecture).display_name if architecture in list_models() else architecture
 
+
+def _table_row(row: dict[str, Any], metric_names: set[str]) -> list[str]:
     metric = row.get("metric")
     metric_text = "—" if metric is None else f"{100 * metric:.2f}"
     if len(metric_names) > 1 and metric is not None:
         metric_text += f" ({row['metric_name']})"
     arch = row.get("architecture", "")
     return [
-        ARCH_NAMES.get(arch, arch),
+        _display_name(arch),
         row.get("variant") or row.get("name", ""),
         format_bytes(row["size_bytes"]),
         metric_text,

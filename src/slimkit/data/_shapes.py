@@ -148,7 +148,7 @@ def contrasting_colour(
         colour = rng.uniform(0, 255, 3)
         gap = float(_LUMA @ colour) - luma
         if (gap if brighter else -gap) >= luma_gap:
-            return tuple(float(v) for v in colour)
+            return float(colour[0]), float(colour[1]), float(colour[2])
     return (255.0, 255.0, 255.0) if brighter else (0.0, 0.0, 0.0)
 
 

@@ -118,7 +118,8 @@ class _DetectionDataset(BaseDataset):
         ``iscrowd=1`` so COCOeval ignores detections matched to them. Images whose size is unknown
         are decoded once to read it.
         """
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for index, record in enumerate(self.records):
             h, w = record.size or read_image(record.path, record.origin).shape[:2]
             image_id = self.coco_image_ids[index]
@@ -142,7 +143,7 @@ class _DetectionDataset(BaseDataset):
 
     def coco_gt(self) -> Any:
         """Returns a ``pycocotools.coco.COCO`` object built from `to_coco_dict` (quietly)."""
-        from pycocotools.coco import COCO
+        from pycocotools.coco import COCO  # heavy: loaded only for COCO datasets
 
         coco = COCO()
         coco.dataset = self.to_coco_dict()
@@ -259,7 +260,10 @@ def _voc_box(obj: ET.Element, size: tuple[int, int] | None, ctx: str) -> list[fl
     if node is None:
         raise DatasetError(f"{ctx}: malformed box: no <bndbox>")
     try:
-        xmin, ymin, xmax, ymax = (float(node.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            float(node.findtext(t))  # type: ignore[arg-type]  # None: TypeError, caught below
+            for t in ("xmin", "ymin", "xmax", "ymax")
+        )
     except (TypeError, ValueError) as e:
         raise DatasetError(
             f"{ctx}: malformed box: <bndbox> needs numeric xmin ymin xmax ymax"

@@ -185,7 +185,9 @@ def _make_det(out: str, counts: dict[str, int], size: int, seed: int) -> dict[st
     for folder in ("JPEGImages", "Annotations", "annotations"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     for split, count in counts.items():
-        lines, images, annotations = [], [], []
+        lines: list[str] = []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for i in range(count):
             image, objects = _det_image(_rng(seed, "det", split, i), size)
             stem = f"{split}_{i:05d}"

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from slimkit._utils import as_hw
+
 from ._base import Sample
 
 _INTERPOLATIONS = {
@@ -61,14 +63,6 @@ def _uniform(low: float, high: float) -> float:
 def _randint(low: int, high: int) -> int:
     """A random integer in ``[low, high]`` (both ends included)."""
     return int(torch.randint(low, high + 1, ()).item())
-
-
-def _pair(size: Size, name: str = "size") -> tuple[int, int]:
-    """Turns an int (square) or an ``(height, width)`` pair into ``(h, w)``."""
-    pair = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
-    if len(pair) != 2 or min(pair) <= 0:
-        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
-    return pair  # type: ignore[return-value]
 
 
 def _check_interp(interp: str) -> str:
@@ -187,7 +181,7 @@ class Resize(_Transform):
     """
 
     def __init__(self, size: Size, interp: str = "bilinear") -> None:
-        self.size = _pair(size)
+        self.size = as_hw(size)
         self.interp = _check_interp(interp)
 
     def __call__(self, sample: Sample) -> Sample:
@@ -223,7 +217,7 @@ class CenterCrop(_Transform):
     """
 
     def __init__(self, size: Size) -> None:
-        self.size = _pair(size)
+        self.size = as_hw(size)
 
     def __call__(self, sample: Sample) -> Sample:
         h, w = _image(sample).shape[:2]
@@ -239,7 +233,7 @@ class RandomCrop(_Transform):
     """
 
     def __init__(self, size: Size) -> None:
-        self.size = _pair(size)
+        self.size = as_hw(size)
 
     def __call__(self, sample: Sample) -> Sample:
         h, w = _image(sample).shape[:2]
@@ -289,9 +283,9 @@ class RandomResizedCrop(_Transform):
             raise ValueError(
                 f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
             )
-        self.size = _pair(size)
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
+        self.size = as_hw(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.interp = _check_interp(interp)
 
     def __call__(self, sample: Sample) -> Sample:
@@ -333,8 +327,8 @@ class RandomBoxCrop(_Transform):
             raise ValueError(
                 f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
             )
-        self.scale = tuple(scale)
-        self.ratio = tuple(ratio)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
         self.prob = prob
         self.attempts = attempts
 
@@ -408,7 +402,7 @@ class RandomDistort(_Transform):
         return _uniform(max(0.0, 1 - amount), 1 + amount)
 
     def __call__(self, sample: Sample) -> Sample:
-        image = _image(sample).astype(np.float32)
+        image: np.ndarray = _image(sample).astype(np.float32)
         factor = self._factor(self.brightness)
         if factor is not None:
             image *= factor
@@ -481,7 +475,7 @@ def default_transforms(
         mean: Normalisation mean (RGB, [0, 1] scale).
         std: Normalisation standard deviation.
     """
-    size = _pair(input_size, "input_size")
+    size = as_hw(input_size, "input_size")
     if task == "cls":
         steps: list[Callable[[Sample], Sample]] = (
             [RandomResizedCrop(size, scale=(0.5, 1.0)), RandomHorizontalFlip(), RandomDistort()]

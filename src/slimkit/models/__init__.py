@@ -1,7 +1,10 @@
-"""Model zoo: a timm-style registry plus MobileNetV1/V2, YOLOv3 and UNet."""
+"""Model zoo: a timm-style registry (one ModelSpec per name) plus MobileNetV1/V2, YOLOv3 and UNet."""
 
+from ._registry import TASKS as TASKS
+from ._registry import ModelSpec as ModelSpec
 from ._registry import create_model as create_model
 from ._registry import list_models as list_models
+from ._registry import model_spec as model_spec
 from ._registry import register_model as register_model
 from .mobilenetv1 import MobileNetV1 as MobileNetV1
 from .mobilenetv2 import MobileNetV2 as MobileNetV2

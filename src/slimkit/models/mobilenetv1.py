@@ -239,7 +239,12 @@ def collect_features(
     return features
 
 
-@register_model
-def mobilenetv1(**kwargs: Any) -> MobileNetV1:
+@register_model(
+    task="cls",
+    display_name="MobileNetV1",
+    input_size=224,
+    sensitivity_key="mobilenetv1_w{width_mult:g}",
+)
+def mobilenetv1(width_mult: float = 1.0, **kwargs: Any) -> MobileNetV1:
     """MobileNetV1; keyword arguments go to :class:`MobileNetV1`."""
-    return MobileNetV1(**kwargs)
+    return MobileNetV1(width_mult=width_mult, **kwargs)

@@ -140,7 +140,12 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.dropout(x))
 
 
-@register_model
-def mobilenetv2(**kwargs: Any) -> MobileNetV2:
+@register_model(
+    task="cls",
+    display_name="MobileNetV2",
+    input_size=224,
+    sensitivity_key="mobilenetv2_w{width_mult:g}",
+)
+def mobilenetv2(width_mult: float = 1.0, **kwargs: Any) -> MobileNetV2:
     """MobileNetV2; keyword arguments go to :class:`MobileNetV2`."""
-    return MobileNetV2(**kwargs)
+    return MobileNetV2(width_mult=width_mult, **kwargs)

@@ -125,7 +125,12 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_model
-def unet(**kwargs: Any) -> UNet:
+@register_model(
+    task="seg",
+    display_name="UNet",
+    input_size=512,
+    sensitivity_key="unet_c{base_channels}",
+)
+def unet(base_channels: int = 64, **kwargs: Any) -> UNet:
     """UNet; keyword arguments go to :class:`UNet`."""
-    return UNet(**kwargs)
+    return UNet(base_channels=base_channels, **kwargs)

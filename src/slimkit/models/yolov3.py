@@ -9,13 +9,14 @@ loss and NMS live in :meth:`YOLOv3.decode`, :meth:`YOLOv3.compute_loss` and
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from slimkit._utils import as_hw
 
 from ._registry import create_model, register_model
 from .mobilenetv1 import ConvBnAct, init_weights, make_divisible
@@ -48,14 +49,6 @@ class YoloDetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route = self.route(self.conv3(self.conv2(self.conv1(self.conv0(x)))))
         return route, self.tip(route)
-
-
-def _as_hw(size: int | Sequence[int], what: str = "img_size") -> tuple[int, int]:
-    """Return ``(height, width)`` from an int or a ``(height, width)`` pair."""
-    hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(hw) != 2 or any(not isinstance(v, numbers.Integral) or v <= 0 for v in hw):
-        raise ValueError(f"{what} must be a positive int or (height, width), got {size!r}")
-    return int(hw[0]), int(hw[1])
 
 
 def _parse_anchors(anchors: Sequence[Any] | None, input_size: tuple[int, int]) -> torch.Tensor:
@@ -105,6 +98,7 @@ class YOLOv3(nn.Module):
     """
 
     prune_ignore: tuple[str, ...]
+    anchors: torch.Tensor  # a buffer: [num_anchors, 2] (w, h) in input pixels
 
     def __init__(
         self,
@@ -140,7 +134,7 @@ class YOLOv3(nn.Module):
         if not neck_width > 0:
             raise ValueError(f"neck_width must be > 0, got {neck_width!r}")
         self.num_classes = num_classes
-        self.input_size = _as_hw(input_size, "input_size")
+        self.input_size = as_hw(input_size, "input_size")
         self.ignore_threshold = float(ignore_threshold)
         self.register_buffer("anchors", _parse_anchors(anchors, self.input_size), persistent=False)
         self.anchor_masks = _parse_masks(anchor_masks, len(self.anchors))
@@ -151,16 +145,17 @@ class YOLOv3(nn.Module):
             width_mult=width_mult,
             in_chans=in_chans,
         )
-        reductions = [f["reduction"] for f in self.backbone.feature_info]
+        feature_info: list[dict[str, Any]] = self.backbone.feature_info  # type: ignore[assignment]
+        reductions = [f["reduction"] for f in feature_info]
         if reductions != [8, 16, 32]:
             raise ValueError(f"backbone {backbone!r} must give strides 8/16/32, got {reductions}")
-        self._build_neck([f["num_chs"] for f in self.backbone.feature_info][::-1], neck_width)
+        self._build_neck([f["num_chs"] for f in feature_info][::-1], neck_width)
         self.prune_ignore = tuple(f"heads.{i}" for i in range(len(self.heads)))
 
     def _build_neck(self, backbone_chs: list[int], neck_width: float) -> None:
         """Create detection blocks, route convs and heads for backbone channels (stride 32 first)."""
         widths = [make_divisible(512 * neck_width) // 2**i for i in range(3)]
-        blocks, routes, heads = [], [], []
+        blocks, routes, heads = [], [], list[nn.Conv2d]()
         route_chs = 0
         for i, (in_chs, chs) in enumerate(zip(backbone_chs, widths, strict=True)):
             blocks.append(YoloDetBlock(in_chs + route_chs, chs))
@@ -173,9 +168,9 @@ class YOLOv3(nn.Module):
         self.heads = nn.ModuleList(heads)
         init_weights(self.yolo_blocks)
         init_weights(self.route_convs)
-        for head in self.heads:  # small outputs: ~0.5 probabilities at the start of training
+        for head in heads:  # small outputs: ~0.5 probabilities at the start of training
             nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)
+            nn.init.zeros_(head.bias)  # type: ignore[arg-type]  # nn.Conv2d has one by default
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw head maps at strides 32, 16 and 8, each ``[B, A * (5 + C), H, W]``.
@@ -238,7 +233,7 @@ class YOLOv3(nn.Module):
             Boxes ``[B, P, 4]`` (xyxy pixels, not clipped) and per-class scores ``[B, P, C]``
             equal to ``sigmoid(objectness) * sigmoid(class logit)``.
         """
-        img_hw = _as_hw(img_size)
+        img_hw = as_hw(img_size, "img_size")
         all_boxes, all_scores = [], []
         for scale, raw in enumerate(self._split_heads(outputs)):
             b = raw.shape[0]
@@ -271,7 +266,7 @@ class YOLOv3(nn.Module):
             One dict per image: ``boxes`` ``[K, 4]`` (xyxy pixels, clipped to the image),
             ``scores`` ``[K]`` and ``labels`` ``[K]`` (int64), by decreasing score.
         """
-        img_h, img_w = _as_hw(img_size)
+        img_h, img_w = as_hw(img_size, "img_size")
         boxes, scores = self.decode(outputs, (img_h, img_w))
         boxes[..., 0::2] = boxes[..., 0::2].clamp(0, img_w)
         boxes[..., 1::2] = boxes[..., 1::2].clamp(0, img_h)
@@ -315,7 +310,7 @@ class YOLOv3(nn.Module):
         Returns:
             ``{"loss", "loss_xy", "loss_wh", "loss_obj", "loss_cls"}`` (scalar tensors).
         """
-        img_hw = _as_hw(img_size)
+        img_hw = as_hw(img_size, "img_size")
         maps = [m.float() for m in self._split_heads(outputs)]  # the loss is always in float32
         gt = _collect_targets(targets, maps[0].shape[0], self.num_classes, maps[0].device)
         best_anchor = _best_anchor(gt.boxes, self.anchors.float())
@@ -419,9 +414,15 @@ def _best_anchor(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return (inter / union).argmax(dim=1)
 
 
-@register_model
-def yolov3_mobilenetv1(**kwargs: Any) -> YOLOv3:
+@register_model(
+    task="det",
+    display_name="YOLOv3-MobileNetV1",
+    input_size=608,
+    # the key predates neck_width: the shipped _w0.5 file was computed with neck_width 0.5
+    sensitivity_key="yolov3_mobilenetv1_w{width_mult:g}",
+)
+def yolov3_mobilenetv1(width_mult: float = 1.0, **kwargs: Any) -> YOLOv3:
     """YOLOv3 with a MobileNetV1 backbone; keyword arguments go to :class:`YOLOv3`."""
     if "backbone" in kwargs:
         raise TypeError("yolov3_mobilenetv1 fixes the backbone; use YOLOv3(backbone=...) instead")
-    return YOLOv3(backbone="mobilenetv1", **kwargs)
+    return YOLOv3(backbone="mobilenetv1", width_mult=width_mult, **kwargs)

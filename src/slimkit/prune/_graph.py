@@ -8,6 +8,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from slimkit._utils import keep_training_modes
+
 from ._tracing import (
     ExampleInputs,
     OpRecorder,
@@ -80,9 +82,8 @@ def build_graph(module: nn.Module, example_inputs: ExampleInputs) -> tuple[Any, 
     dg.verbose, dg.model = False, module
     dg._module2name = {m: name for name, m in module.named_modules()}
     dg.ignored_params = []
-    modes = {m: m.training for m in module.modules()}
     try:
-        with torch.enable_grad():
+        with keep_training_modes(module), torch.enable_grad():
             dg._param_to_name, dg.unwrapped_parameters = dg._detect_unwrapped_parameters(None)
             dg.module2node = dg._trace(module, args, forward_fn, output_transform=None)
             dg._build_dependency(dg.module2node)
@@ -95,9 +96,6 @@ def build_graph(module: nn.Module, example_inputs: ExampleInputs) -> tuple[Any, 
         raise ValueError(
             f"Torch-Pruning could not build the dependency graph ({type(err).__name__}: {err})"
         ) from err
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     if not hasattr(dg, "_gfn2module"):
         raise ValueError("the model returned no tensor that depends on its inputs or weights")
     trace = Trace(

@@ -19,6 +19,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from slimkit._utils import call_module as call_module  # re-exported for groups.py
+
 ExampleInputs = torch.Tensor | Sequence[Any] | Mapping[str, Any]
 Region = tuple[tuple[int, int, int], ...]  # per dim (start, stop, step) of a written view
 
@@ -248,15 +250,6 @@ def traceable_inputs(example_inputs: ExampleInputs) -> tuple[tuple[Any, ...], di
         "example_inputs must be a tensor, a tuple/list of positional inputs or a dict of keyword "
         f"inputs, got {type(example_inputs).__name__}"
     )
-
-
-def call_module(module: nn.Module, example_inputs: ExampleInputs) -> Any:
-    """Run ``module`` on a tensor, a tuple of positional inputs or a dict of keyword inputs."""
-    if isinstance(example_inputs, torch.Tensor):
-        return module(example_inputs)
-    if isinstance(example_inputs, Mapping):
-        return module(**example_inputs)
-    return module(*example_inputs)
 
 
 def grad_fns(tensors: Any) -> frozenset[Any]:

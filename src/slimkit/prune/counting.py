@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._utils import eval_mode
+from slimkit._utils import call_module, eval_mode
 
 __all__ = [
     "count_flops",
@@ -126,7 +126,7 @@ def count_macs(module: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, counted)]
     try:
         with torch.no_grad(), eval_mode(module):
-            module(*args)
+            call_module(module, args)
     finally:
         for handle in handles:
             handle.remove()

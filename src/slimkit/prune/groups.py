@@ -27,6 +27,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from slimkit._utils import eval_mode
+
 from ._graph import build_graph
 from ._inspect import ChannelGroup, GroupMember, Inspector, Skip
 from ._layout import OP_TYPES, Layout
@@ -164,19 +166,14 @@ class GroupSet:
         Raises:
             ValueError: If it fails or an output shape changed (a coupling that was missed).
         """
-        modes = {m: m.training for m in self.module.modules()}
-        self.module.eval()
         try:
-            with torch.no_grad():
+            with eval_mode(self.module), torch.no_grad():
                 shapes = output_shapes(call_module(self.module, self._example_inputs))
         except Exception as err:
             raise ValueError(
                 f"the pruned model no longer runs on example_inputs ({type(err).__name__}: "
                 f"{err}); a size fixed in the model's code, or a coupling slimkit missed"
             ) from err
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
         if shapes != self._trace.output_shapes:
             raise ValueError(
                 f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; a "

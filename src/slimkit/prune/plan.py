@@ -18,13 +18,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from slimkit._io import atomic_write_json
 
 from .groups import ExampleInputs, GroupSet
 
@@ -145,16 +146,7 @@ class PrunePlan:
 
 def save_plan(plan: PrunePlan | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``plan`` (a :class:`PrunePlan` or its dict form) as JSON, atomically."""
-    path = Path(path)
-    text = json.dumps(_as_plan(plan).to_dict(), indent=1)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, _as_plan(plan).to_dict())
 
 
 def load_plan(path: str | os.PathLike[str]) -> PrunePlan:

@@ -13,20 +13,12 @@ from typing import Any
 
 from torch import nn
 
+from slimkit._utils import agg_figure
 from slimkit.prune.ratios import _as_sensitivities, get_ratios_by_loss
 
 __all__ = ["DEFAULT_BUDGETS", "budget_curve", "plot_budget_curve", "plot_group_curves"]
 
 DEFAULT_BUDGETS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _save(fig: Any, save_path: str | os.PathLike[str]) -> None:
@@ -111,7 +103,7 @@ def plot_budget_curve(
     curve = budget_curve(
         sensitivities, model, example_inputs, budgets, ignore=ignore, criterion=criterion
     )
-    fig = _figure(6.4, 4.2)
+    fig = agg_figure(6.4, 4.2)
     ax = fig.add_subplot()
     ax.plot(curve["budgets"], curve["params_pruned"], "o-", label="parameters pruned")
     ax.plot(curve["budgets"], curve["flops_pruned"], "s-", label="FLOPs pruned")
@@ -161,7 +153,7 @@ def plot_group_curves(
 
 
 def _curves(losses: dict, chosen: dict[str, float], budget: float) -> Any:
-    fig = _figure(7.5, 4.8)
+    fig = agg_figure(7.5, 4.8)
     ax = fig.add_subplot()
     for i, (group, points) in enumerate(losses.items()):
         measured = sorted((r, v) for r, v in points.items() if v is not None)
@@ -193,7 +185,7 @@ def _heatmap(losses: dict, chosen: dict[str, float], budget: float) -> Any:
     finite = grid[np.isfinite(grid)]
     low = min(float(finite.min()) if finite.size else 0.0, 0.0, budget) - 1e-9
     high = max(min(float(finite.max()) if finite.size else 0.0, 1.0), 2 * budget) + 1e-9
-    fig = _figure(1.2 + 0.55 * len(ratios) + 2.5, 1.5 + 0.2 * len(groups))
+    fig = agg_figure(1.2 + 0.55 * len(ratios) + 2.5, 1.5 + 0.2 * len(groups))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="lightgrey")
     norm = TwoSlopeNorm(vcenter=budget, vmin=low, vmax=high)

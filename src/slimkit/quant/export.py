@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimkit._utils import eval_mode
+
 from .runtime import as_numpy, make_session
 
 if TYPE_CHECKING:
@@ -83,16 +85,12 @@ def export_onnx(
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         example = _example_tensor(module, example_input)
         with torch.no_grad():
             outputs = module(example)
         names = list(output_names) if output_names else _default_output_names(outputs)
         _run_exporter(module, example, path, opset, input_name, names, exporter)
-    finally:
-        module.train(was_training)
     _check_model(path)
     return path
 
@@ -171,14 +169,10 @@ def check_onnx_matches_torch(
     """
     import torch
 
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         example = _example_tensor(module, example_input)
         with torch.no_grad():
             expected = module(example)
-    finally:
-        module.train(was_training)
     expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
     session = make_session(onnx_path, threads=1)
     got = session.run(None, {session.get_inputs()[0].name: as_numpy(example)})

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimkit._utils import make_ort_session
+
 from .runtime import make_session, split_feed
 
 if TYPE_CHECKING:
@@ -334,15 +336,8 @@ def int8_kernel_ops(path: str | Path, optimize: str = "extended") -> Counter[str
         ``Counter`` of op types in the optimised graph.
     """
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="slimkit_opt_") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimize]
-        options.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        make_ort_session(path, optimize=optimize, optimized_model_path=optimized)
         return Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)

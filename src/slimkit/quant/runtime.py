@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from slimkit._utils import make_ort_session
+
 __all__ = ["OrtModel", "as_numpy", "make_session", "split_feed", "to_feed"]
 
 
@@ -80,33 +82,8 @@ def split_feed(
 def make_session(
     model: str | Path | bytes, threads: int | None = None, optimize: str = "all"
 ) -> Any:
-    """Create a CPU ``onnxruntime.InferenceSession``.
-
-    Args:
-        model: Path to an ONNX file, or serialised model bytes.
-        threads: Intra-op threads (None: onnxruntime's default).
-        optimize: ``"all"``, ``"extended"``, ``"basic"`` or ``"none"`` graph optimisation.
-
-    Returns:
-        The session.
-    """
-    import onnxruntime as ort
-
-    levels = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }
-    if optimize not in levels:
-        raise ValueError(f"optimize must be one of {sorted(levels)}, got {optimize!r}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = levels[optimize]
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    """A CPU ``onnxruntime.InferenceSession``: :func:`slimkit._utils.make_ort_session`."""
+    return make_ort_session(model, threads=threads, optimize=optimize)
 
 
 class OrtModel:

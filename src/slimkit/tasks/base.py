@@ -11,32 +11,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from slimkit._utils import as_hw
 from slimkit.data import collate_fn
 from slimkit.data.transforms import default_transforms
-from slimkit.models import create_model
+from slimkit.models import ModelSpec, create_model, model_spec
 from slimkit.tasks import modeldir
 from slimkit.tasks.logging import log
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _as_size(input_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    size = tuple(int(s) for s in input_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}")
-    return size  # type: ignore[return-value]
+from slimkit.tasks.pruning import prune_net, ratios_within_loss, resolve_sensitivities
+from slimkit.tasks.runtime import OrtRunner
 
 
 class BaseTask:
@@ -49,19 +43,24 @@ class BaseTask:
         self,
         architecture: str,
         num_classes: int,
-        input_size: int | Sequence[int],
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        input_size: int | Sequence[int] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
         **model_kwargs: Any,
     ) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        spec = _checked_spec(architecture, self.task)
+        if input_size is None:
+            input_size = spec.input_size
+        if input_size is None:
+            raise ValueError(f"model {architecture!r} has no default input_size; pass input_size=")
         self.architecture = architecture
         self.num_classes = num_classes
-        self.input_size = _as_size(input_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.input_size = as_hw(input_size, "input_size")
+        self.mean = tuple(float(m) for m in (spec.mean if mean is None else mean))
+        self.std = tuple(float(s) for s in (spec.std if std is None else std))
         self.labels = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
         self.model_kwargs = dict(model_kwargs)
         self.status = "Normal"
@@ -69,7 +68,7 @@ class BaseTask:
         self.metrics: dict[str, float] = {}
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net: nn.Module | None = self._build_net()
-        self._ort = None  # set for Quant-status models (ONNX Runtime session wrapper)
+        self.runtime: OrtRunner | None = None  # runs the ONNX model (Quant models, using_onnx)
 
     # -- network -----------------------------------------------------------------------------
     def _build_net(self) -> nn.Module:
@@ -82,10 +81,33 @@ class BaseTask:
         """A zero batch of the model's input shape (for tracing, pruning and export)."""
         return torch.zeros(batch_size, 3, *self.input_size)
 
+    @property
+    def spec(self) -> ModelSpec:
+        """The registry's spec of this model's architecture."""
+        return model_spec(self.architecture)
+
+    @property
+    def sensitivity_key(self) -> str:
+        """Names this model's sensitivity files (architecture + width, e.g. ``mobilenetv2_w0.5``)."""
+        if self.spec.sensitivity_key is None:
+            return self.architecture
+        return self.spec.sensitivity_name(self.model_kwargs)
+
+    @contextmanager
+    def using_onnx(
+        self, path: str | os.PathLike[str], threads: int | None = None
+    ) -> Iterator[None]:
+        """Run ``evaluate``/``predict`` through an ONNX file with ONNX Runtime inside the block."""
+        previous, self.runtime = self.runtime, OrtRunner(path, threads=threads)
+        try:
+            yield
+        finally:
+            self.runtime = previous
+
     def _forward(self, images: torch.Tensor) -> Any:
         """Run the network (or the ONNX Runtime session of a Quant model) on a batch."""
-        if self._ort is not None:
-            return self._ort.run_torch(images)
+        if self.runtime is not None:
+            return self.runtime.run_torch(images)
         assert self.net is not None
         return self.net(images.to(self.device))
 
@@ -146,8 +168,6 @@ class BaseTask:
     @torch.inference_mode()
     def evaluate(self, eval_dataset: Any, batch_size: int = 8, progress: bool = False) -> dict:
         """Evaluate on a dataset; returns the task's metric dict (``acc1`` / ``bbox_map`` / ``miou``)."""
-        from tqdm import tqdm
-
         if self.net is not None:
             self.net.to(self.device).eval()
         meter = self.make_meter()
@@ -158,8 +178,6 @@ class BaseTask:
 
     # -- prediction ----------------------------------------------------------------------------
     def _load_image(self, image: str | os.PathLike | np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected an HxWx3 RGB uint8 array, got shape {image.shape}")
@@ -187,6 +205,62 @@ class BaseTask:
             self.net.to(self.device).eval()
         results = self.postprocess(self._forward(torch.stack(batch)), infos)
         return results if isinstance(image, list) else results[0]
+
+    # -- pruning -------------------------------------------------------------------------------
+    def prune(
+        self,
+        ratios: float | Mapping[str, float] | None = None,
+        *,
+        sensitivities_file: str | os.PathLike | None = None,
+        eval_metric_loss: float = 0.05,
+        criterion: str = "l1",
+        round_to: int | None = 8,
+        log_fn: Callable[[str], None] = log,
+    ) -> float | dict[str, float]:
+        """Physically prune ``net`` (keeping the most important channels); status becomes Prune.
+
+        Give either ``ratios`` or ``sensitivities_file``. Used by ``train`` (method 1/2),
+        ``slim.prune`` and ``slimkit prune``.
+
+        Args:
+            ratios: One ratio for every prunable group, or ``{group: ratio}``.
+            sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
+                Groups are pruned at the largest ratio within ``eval_metric_loss``.
+            eval_metric_loss: Budget of relative metric loss per pruned group.
+            criterion: Channel importance (see ``slimkit.prune.CRITERIA``).
+            round_to: Kept channels of each group rounded up to a multiple of this (None: exact).
+                On a 2-core AVX-512 CPU, MobileNetV2 pruned to 44 % of its MACs with odd channel
+                counts ran 1.58x slower in ONNX Runtime than the original at 64 px, and 2x faster
+                with ``round_to=8``.
+            log_fn: Receives one line: groups, params and FLOPs before and after.
+
+        Returns:
+            The ratios applied (for ``sensitivities_file``, the chosen ``{group: ratio}``).
+
+        Raises:
+            ValueError: a Quant model, both or neither of ``ratios``/``sensitivities_file``, or a
+                sensitivity file that does not belong to this model.
+        """
+        if self.net is None:
+            raise ValueError("a Quant model cannot be pruned; prune the FP32 model, then quantize")
+        if (ratios is None) == (sensitivities_file is None):
+            raise ValueError("give either ratios or sensitivities_file to prune")
+        if sensitivities_file is not None:
+            path = resolve_sensitivities(self.sensitivity_key, sensitivities_file)
+            ratios = ratios_within_loss(
+                path, eval_metric_loss, self.sensitivity_key, self.architecture
+            )
+            what = f"{len(ratios)} groups under eval_metric_loss {eval_metric_loss} ({path.name})"
+        else:
+            assert ratios is not None
+            what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
+        x = self.example_inputs().to(next(self.net.parameters()).device)
+        self.net, self.prune_plan, summary = prune_net(
+            self.net, ratios, x, self.prune_plan, criterion, round_to
+        )
+        self.status = "Prune"
+        log_fn(f"pruned {what}: {summary}")
+        return dict(ratios) if isinstance(ratios, Mapping) else ratios
 
     # -- training ------------------------------------------------------------------------------
     def train(
@@ -244,10 +318,10 @@ class BaseTask:
         if pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
-            from slimkit.tasks.pruning import prune_for_training
-
-            prune_for_training(
-                self, sensitivities_file, eval_metric_loss, log_fn=log, round_to=prune_round_to
+            self.prune(
+                sensitivities_file=sensitivities_file,
+                eval_metric_loss=eval_metric_loss,
+                round_to=prune_round_to,
             )
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
         opt, sched = self._build_optimizer(
@@ -284,8 +358,6 @@ class BaseTask:
         save_dir,
         progress,
     ) -> dict[str, float]:
-        from tqdm import tqdm
-
         assert self.net is not None
         self.net.to(self.device)
         best: dict[str, float] = {}
@@ -374,54 +446,63 @@ class BaseTask:
         }
 
     def save(self, save_dir: str | os.PathLike) -> Path:
-        """Write the model directory (weights first, ``model.yml`` last, each atomically)."""
-        from safetensors.torch import save_file
+        """Write the model directory as one unit: weights, pruning plan (if pruned), ``model.yml``.
 
+        An existing model directory at ``save_dir`` is replaced whole (a kill never leaves a mix);
+        a directory holding other files is refused.
+        """
         if self.net is None:
             raise ValueError(
                 "a Quant model has no torch weights to save; copy its directory instead"
             )
         save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = save_dir / f".{modeldir.WEIGHTS}.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, save_dir / modeldir.WEIGHTS)
-        plan_path = save_dir / modeldir.PLAN
-        if self.prune_plan is not None:
-            from slimkit.prune import save_plan
+        with modeldir.writing(save_dir) as tmp:
+            modeldir.save_weights(self.net, tmp)
+            if self.prune_plan is not None:
+                # torch-pruning is heavy: slimkit.prune loads only when a pruned model is saved
+                from slimkit.prune import save_plan
 
-            save_plan(self.prune_plan, plan_path)
-        elif plan_path.exists():
-            plan_path.unlink()
-        modeldir.write_yaml_atomic(save_dir / modeldir.MODEL_YML, self.info())
+                save_plan(self.prune_plan, tmp / modeldir.PLAN)
+            modeldir.write_model_yml(tmp, self.info())
         return save_dir
 
     def load_weights_from(self, model_dir: str | os.PathLike) -> None:
         """Initialise this model's net from another model directory (plan re-applied when pruned)."""
-        from slimkit.tasks.loading import load_model
-
-        other = load_model(model_dir)
-        if other.net is None:
+        info = modeldir.read_model_yml(model_dir)
+        if info["status"] == "Quant":
             raise ValueError(
                 f"{str(model_dir)!r} is a Quant model; pretrain_weights needs FP32 weights"
             )
-        if other.architecture != self.architecture:
+        other = {k: info.get(k) for k in ("architecture", "num_classes")}
+        other["model_kwargs"] = info.get("model_kwargs", {})
+        if other["architecture"] != self.architecture:
             raise ValueError(
-                f"pretrain_weights {str(model_dir)!r} is a {other.architecture!r} model, "
+                f"pretrain_weights {str(model_dir)!r} is a {other['architecture']!r} model, "
                 f"this model is {self.architecture!r}"
             )
-        if other.num_classes != self.num_classes:
+        if other["num_classes"] != self.num_classes:
             raise ValueError(
-                f"pretrain_weights {str(model_dir)!r} has {other.num_classes} classes, "
+                f"pretrain_weights {str(model_dir)!r} has {other['num_classes']} classes, "
                 f"this model has {self.num_classes}"
             )
-        if other.model_kwargs != self.model_kwargs:
+        if other["model_kwargs"] != self.model_kwargs:
             raise ValueError(
-                f"pretrain_weights {str(model_dir)!r} was built with {other.model_kwargs}, "
+                f"pretrain_weights {str(model_dir)!r} was built with {other['model_kwargs']}, "
                 f"this model with {self.model_kwargs}; create the model with the same arguments"
             )
-        self.net = other.net
-        self.prune_plan = other.prune_plan
-        self.status = other.status
-        self.metrics = dict(other.metrics)
+        self.net, self.prune_plan = modeldir.restore_net(
+            Path(model_dir), info["status"], self._build_net(), self.example_inputs()
+        )
+        self.status = info["status"]
+        self.metrics = dict(info.get("metrics", {}))
+
+
+def _checked_spec(architecture: str, task: str) -> ModelSpec:
+    """The spec of ``architecture``; a model of another task is refused."""
+    spec = model_spec(architecture)
+    if task and spec.task is not None and spec.task != task:
+        raise ValueError(
+            f"{architecture!r} is a {spec.task!r} model, not {task!r}; "
+            f"use slimkit.{spec.task} or create_task({architecture!r}, ...)"
+        )
+    return spec

@@ -52,7 +52,11 @@ class MobileNetV1(Classifier):
     """MobileNetV1 classifier (PaddleX ``pdx.cls.MobileNetV1``)."""
 
     def __init__(
-        self, num_classes: int = 1000, input_size: Any = 224, width_mult: float = 1.0, **kwargs: Any
+        self,
+        num_classes: int = 1000,
+        input_size: Any = None,
+        width_mult: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__("mobilenetv1", num_classes, input_size, width_mult=width_mult, **kwargs)
 
@@ -61,6 +65,10 @@ class MobileNetV2(Classifier):
     """MobileNetV2 classifier (PaddleX ``pdx.cls.MobileNetV2``)."""
 
     def __init__(
-        self, num_classes: int = 1000, input_size: Any = 224, width_mult: float = 1.0, **kwargs: Any
+        self,
+        num_classes: int = 1000,
+        input_size: Any = None,
+        width_mult: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__("mobilenetv2", num_classes, input_size, width_mult=width_mult, **kwargs)

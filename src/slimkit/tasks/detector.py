@@ -8,7 +8,7 @@ import torch
 
 from slimkit.models import create_model
 from slimkit.tasks.base import BaseTask
-from slimkit.tasks.metrics import VOCMeter
+from slimkit.tasks.metrics import VOCMeter, coco_map
 
 
 class _Meter:
@@ -51,8 +51,11 @@ class Detector(BaseTask):
         return {"num_classes": self.num_classes, "input_size": self.input_size, **self.model_kwargs}
 
     @property
-    def head(self) -> torch.nn.Module:
-        """The module that owns anchors, loss and decoding (the FP32 net; rebuilt for Quant models)."""
+    def head(self) -> Any:
+        """The module that owns anchors, loss and decoding (the FP32 net; rebuilt for Quant models).
+
+        Any registered detector with YOLOv3's ``compute_loss`` and ``postprocess`` works.
+        """
         if self.net is not None:
             return self.net
         if getattr(self, "_decoder", None) is None:
@@ -82,8 +85,6 @@ class Detector(BaseTask):
         """VOC mAP@0.5 (``bbox_map``); for a ``CocoDetection`` dataset also COCO AP (pycocotools)."""
         if not hasattr(eval_dataset, "ann_file"):  # VOC (or any non-COCO) dataset
             return super().evaluate(eval_dataset, batch_size, progress)
-        from slimkit.tasks.metrics import coco_map
-
         if self.net is not None:
             self.net.to(self.device).eval()
         meter = self.make_meter()
@@ -132,7 +133,7 @@ class YOLOv3(Detector):
         self,
         num_classes: int = 80,
         backbone: str = "MobileNetV1",
-        input_size: Any = 608,
+        input_size: Any = None,
         anchors: list[int] | None = None,
         anchor_masks: list[list[int]] | None = None,
         **kwargs: Any,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from tqdm import tqdm
+
 
 def log(message: str) -> None:
     """Print one line through tqdm so that active progress bars stay intact."""
-    from tqdm import tqdm
-
     tqdm.write(f"[slimkit] {message}")

@@ -329,7 +329,7 @@ class VOCMeter:
 
 def _load_coco_gt(coco_gt: str | Path | dict[str, Any]) -> Any:
     """Builds a pycocotools ``COCO`` object in memory from a json path or an already loaded dict."""
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # heavy: loaded only for COCO evaluation
 
     if isinstance(coco_gt, (str, Path)):
         with open(coco_gt, encoding="utf-8") as f:
@@ -407,7 +407,7 @@ def coco_map(
     Returns:
         ``{"bbox_map": AP@[.5:.95], "bbox_map50": AP@.5}``; both 0.0 when there is no detection.
     """
-    from pycocotools.cocoeval import COCOeval
+    from pycocotools.cocoeval import COCOeval  # heavy, see above
 
     gt = _load_coco_gt(coco_gt)
     unknown = set(int(i) for i in image_ids) - set(gt.getImgIds())

@@ -57,6 +57,6 @@ class UNet(Segmenter):
     """UNet segmentation model (PaddleX ``pdx.seg.UNet``)."""
 
     def __init__(
-        self, num_classes: int = 2, input_size: Any = 512, base_channels: int = 64, **kwargs: Any
+        self, num_classes: int = 2, input_size: Any = None, base_channels: int = 64, **kwargs: Any
     ) -> None:
         super().__init__("unet", num_classes, input_size, base_channels=base_channels, **kwargs)
