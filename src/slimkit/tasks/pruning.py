@@ -77,8 +77,11 @@ def prune_net(
     previous_plan: Any = None,
     criterion: str = "l1",
     round_to: int | None = 8,
+    verify: bool = False,
 ) -> tuple[nn.Module, Any, str]:
     """Physically prune ``net``; a net pruned before keeps both plans, applied in order.
+
+    ``verify=True`` makes a mismatch with the masked original an error (see ``prune_model``).
 
     Returns:
         The pruned net, its plan (composed with ``previous_plan``) and a one-line summary of
@@ -90,7 +93,13 @@ def prune_net(
     before = count_params(net), count_flops(net, example_inputs)
     requested = dict(ratios) if isinstance(ratios, Mapping) else ratios
     pruned, plan = prune_model(
-        net, requested, example_inputs, criterion=criterion, round_to=round_to, return_plan=True
+        net,
+        requested,
+        example_inputs,
+        criterion=criterion,
+        round_to=round_to,
+        return_plan=True,
+        verify=verify,
     )
     if previous_plan is not None:
         plan = compose_plans(previous_plan, plan)
