@@ -4,6 +4,7 @@ unpruned with a reason that names the cause, never failing the whole model."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -27,11 +28,16 @@ from torch import nn
 
 from slimkit.prune import (
     UnprunedGroupsWarning,
+    apply_plan,
     channel_groups,
     find_groups,
     prunable_groups,
     prune_model,
 )
+from slimkit.prune.criteria import l1_importance
+from slimkit.prune.groups import GroupSet
+from slimkit.prune.plan import GroupPlan, PrunePlan
+from slimkit.prune.pruner import select_channels
 
 X = torch.randn(2, 3, 16, 16)
 
@@ -176,3 +182,28 @@ def test_no_whole_model_failure_and_one_warning() -> None:
             warnings.simplefilter("always")
             prune_model(randomize_norms(cls()), 0.4, X)
         assert sum(issubclass(w.category, UnprunedGroupsWarning) for w in caught) <= 1
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [ConvNeXtLike, ConstantBuffers, SplitSizes, DPNLike, GhostNetLike],
+    ids=lambda c: c.__name__,
+)
+def test_groupset_pruned_in_place_equals_apply_plan_and_restores(cls: type[nn.Module]) -> None:
+    """The sensitivity analysis prunes one traced copy in place per point (GroupSet.pruned)."""
+    model = randomize_norms(cls())
+    reference = outputs(model, X)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    work = copy.deepcopy(model)
+    found = GroupSet(work, X)
+    for group in found.groups.values():
+        kept = tuple(select_channels(l1_importance(group), 0.5, group.ties, None, group.fixed))
+        drop = [i for i in range(group.num_channels) if i not in kept]
+        plan = PrunePlan("test", (GroupPlan(group.name, group.num_channels, kept),))
+        want = outputs(apply_plan(model, plan, X), X)
+        for _ in range(2):  # the same variant twice: the restore is complete
+            with found.pruned(group.name, drop) as pruned:
+                got = outputs(pruned, X)
+            torch.testing.assert_close(got, want)
+        torch.testing.assert_close(outputs(work, X), reference)
+    assert all(torch.equal(v, work.state_dict()[k]) for k, v in before.items())

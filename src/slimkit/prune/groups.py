@@ -16,10 +16,11 @@ prove is *left unpruned* with the reason (:attr:`GroupSet.skipped`); it never fa
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,26 +251,74 @@ class GroupSet:
             self._alive[key] = list(range(size))
         return self._alive[key]
 
-    def _execute(self, coupling: Coupling) -> None:
-        """Prune a group given in original indices: translate them to current positions."""
-        group = tp.dependency.Group()
-        group._DG = self._dg
-        updates = []
+    @contextlib.contextmanager
+    def pruned(self, name: str, channels: Sequence[int]) -> Iterator[nn.Module]:
+        """``self.module`` with the root channels ``channels`` (original indices) of group
+        ``name`` removed in place, for a ``with`` block only: each layer (tensor, split size)
+        gets what :meth:`remove` would give it, then its own state back. The graph is never
+        changed, so one trace serves any number of variants (the sensitivity analysis)."""
+        group = self.get(name)
+        channels = sorted(set(channels))
+        _check_removal(group, channels)
+        saved: dict[int, tuple[nn.Module, dict[str, Any]]] = {}
+
+        def keep(module: nn.Module) -> None:
+            tables = {"_parameters": dict(module._parameters), "_buffers": dict(module._buffers)}
+            saved.setdefault(id(module), (module, {**vars(module), **tables}))
+
+        alive = {k: list(v) for k, v in self._alive.items()}
+        try:
+            if channels:
+                coupling = traverse(
+                    self._dg, self._dg.module2node[group.root], channels, self._tied
+                )
+                for item, current in self._current(coupling):
+                    node = item.dep.target
+                    if node.type == _OPT.PARAMETER:  # set the pruned parameter on its owner
+                        owner, _, attr = self._dg._param_to_name[node.module].rpartition(".")
+                        keep(self.module.get_submodule(owner))
+                        setattr(self.module.get_submodule(owner), attr, item.dep(current))
+                    else:
+                        keep(node.module)
+                        item.dep(current)
+                for _, member in self._buffers.get(name, ()):
+                    keep(self.module.get_submodule(member.name.rpartition(".")[0]))
+                self._prune_buffers(name, coupling)
+                for item in coupling.items:
+                    facts = self.layout.facts.get(item.dep.target)
+                    if facts is not None and facts.resize is not None:
+                        keep(facts.resize.owner)
+                self._resize_splits(coupling)
+            yield self.module
+        finally:
+            for module, state in saved.values():
+                module.__dict__.clear()
+                module.__dict__.update(state)
+            self._alive = alive
+
+    def _current(self, coupling: Coupling) -> list[tuple[Any, list[int]]]:
+        """Each layer's (or parameter's) item with its channels as current positions; the
+        positions they leave are forgotten in the bookkeeping of what is alive."""
+        out = []
         for item in coupling.items:
             node = item.dep.target
             if node.type in OP_TYPES | {_OPT.OUTPUT}:
                 continue
-            out = self._dg.is_out_channel_pruning_fn(item.dep.handler)
-            key = ("out" if out else "in", node)
-            alive = self._alive_of(key)
-            pos = {c: i for i, c in enumerate(alive)}
-            current = sorted(pos[c] for c in set(item.idxs) if c in pos)
+            key = ("out" if self._dg.is_out_channel_pruning_fn(item.dep.handler) else "in", node)
+            alive, removed = self._alive_of(key), set(item.idxs)
+            current = [i for i, c in enumerate(alive) if c in removed]
             if current:
-                group.add_dep(item.dep, current)
-                updates.append((key, set(item.idxs)))
+                out.append((item, current))
+                self._alive[key] = [c for c in alive if c not in removed]
+        return out
+
+    def _execute(self, coupling: Coupling) -> None:
+        """Prune a group given in original indices: translate them to current positions."""
+        group = tp.dependency.Group()
+        group._DG = self._dg
+        for item, current in self._current(coupling):
+            group.add_dep(item.dep, current)
         group.prune(record_history=False)
-        for key, removed in updates:
-            self._alive[key] = [c for c in self._alive[key] if c not in removed]
 
     def _resize_splits(self, coupling: Coupling) -> None:
         """``torch.split`` sizes kept in module attributes follow the parts' new sizes."""
