@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from slimkit import load_model
 from slimkit.cli import main
 from slimkit.data.generate import make_dataset
+from slimkit.models import _registry
 from slimkit.models.external import import_factory, load_weights
 
 USER_CODE = textwrap.dedent(
@@ -53,6 +55,15 @@ USER_CODE = textwrap.dedent(
         return UserNet(num_classes)
     '''
 )
+
+
+@pytest.fixture(autouse=True)
+def clean_registry() -> Iterator[None]:
+    """Model definitions registered by a test do not leak into the registry of later tests."""
+    before = dict(_registry._MODEL_SPECS)
+    yield
+    _registry._MODEL_SPECS.clear()
+    _registry._MODEL_SPECS.update(before)
 
 
 @pytest.fixture()
