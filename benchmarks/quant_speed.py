@@ -1,42 +1,33 @@
-"""What INT8 post-training quantization buys on the demo's trained zoo models, and what it costs.
+"""slimkit's INT8 post-training quantization next to ONNX Runtime's and NNCF's, on the same inputs.
 
-For each trained original model of the demo (cls MobileNetV2, det YOLOv3-MobileNetV1, seg UNet on
-the built-in data, ``DIR/{cls,det,seg}/original/best_model``; trained here with the demo's own code
-path, ``slimkit.demo.prepare_data`` + ``train_original``, when missing):
+For every model (the demo's trained zoo models: cls MobileNetV2, det YOLOv3-MobileNetV1, seg UNet;
+with ``--foreign`` also two PP-OCR ONNX files from the ``rapidocr-onnxruntime`` wheel, see
+``quant_foreign.py``):
 
-* the FP32 net is exported to ONNX at the model's training input size (batch 1) and pre-processed
-  the way ``slimkit.quant.quantize`` does it;
-* it is quantized to QDQ INT8 with each activation-range algorithm, KL (TensorRT entropy),
-  min-max, percentile (99.99) and onnxruntime's own Entropy calibrator (``ort_entropy``). The first
-  ``--batch-num`` val images (batch 1) calibrate; slimkit's streaming |x| histograms are collected
-  once into a cache folder and re-used by the other slimkit algorithms, ``ort_entropy`` runs ORT's
-  calibrator;
-* the FP32 and every INT8 model are evaluated on the val split through ONNX Runtime (the task's
-  ``evaluate`` inside ``model.using_onnx``): acc1 (cls), VOC bbox mAP@0.5 (det) or mIoU (seg); the drop
-  is ``100 * (FP32 - INT8)`` percentage points;
-* on-disk ONNX size, and ONNX Runtime CPU latency at the model's input size: batch 1,
-  ``--threads`` intra-op threads, all graph optimisations, median of ``--runs`` timed runs after
-  ``--warmup``; measured in ``--rounds`` interleaved rounds (FP32, INT8 KL, INT8 min-max, ...) and
-  the lowest median kept, which damps noise from other processes on a shared machine (the KL
-  INT8/FP32 ratio of every round is printed under each table, with the load average on top).
+* the FP32 model is exported (zoo) and pre-processed the way ``slimkit.quant.quantize`` does it
+  (opset upgrade to 13, onnxruntime's ``quant_pre_process``); every tool quantizes that file;
+* calibration as ``slim.export_quant_model`` defaults: ``--batch-num`` (10) inputs of batch 1, the
+  first ones of the evaluation set ("val head"); with ``--calib-seeds`` also random draws of
+  ``--batch-num`` inputs from another split (the train split; for the foreign models, other
+  rendered images), one per seed, to show the calibration-sample variance;
+* columns: FP32, slimkit KL (the default: guarded range choice + bias correction), slimkit min-max
+  (+ bias correction), ONNX Runtime MinMax and Entropy (its calibrators, slimkit's QDQ writer),
+  NNCF (``nncf.quantize`` defaults, in ``--nncf-python``'s environment; skipped without it);
+* metrics through ONNX Runtime on the evaluation set: acc1 (cls), VOC mAP@0.5 (det), mIoU (seg),
+  accuracy / F1 (foreign); drops in percentage points with the resolution of the set
+  (100 / N pp for accuracies: one image);
+* an ablation of slimkit's parts (plain KL, guarded KL, bias correction, min-max) on the val-head
+  calibration;
+* ORT CPU latency (``--threads``, median of ``--runs``, best of ``--rounds`` interleaved rounds)
+  of FP32 and slimkit KL INT8 per model, and MobileNetV2 re-exported at 224x224;
+* calibration + quantization peak memory (RSS high-water mark growth in a fresh process) of
+  slimkit KL, slimkit min-max and ORT's calibrators, on the cls model and the foreign detector.
 
-MobileNetV2 at 224x224: the cls model is trained at 64x64, but MobileNetV2 is fully convolutional
-up to its global pooling, so the SAME trained weights are re-exported at 1x3x224x224, calibrated
-with KL on val images resized to 224 (the task's eval transforms follow ``input_size``) and
-evaluated at 224 (FP32 and INT8); its ORT latency ratio is the headline figure.
+The last line reads ``INT8/FP32 latency ratio (mobilenetv2 224): R metric drop: D``.
 
-Calibration memory: the streaming histogram observer (``slimkit.quant.observers``) runs on the cls
-model over 10 and over 100 batches (the val set cycled), each in a fresh process, printing the peak
-RSS growth during the run (the RSS high-water mark, reset just before it, minus the RSS before it;
-``getrusage`` where the mark cannot be reset), the tracemalloc peak (numpy/Python heap) and the
-histogram state size.
-
-The last line reads ``INT8/FP32 latency ratio (mobilenetv2 224): R metric drop: D`` (R: ORT CPU
-INT8/FP32 median latency at 224x224 batch 1; D: KL metric drop at 224 in percentage points).
-Targets: ratio <= 0.5, drop <= 0.5 pp, calibration memory flat from 10 to 100 batches.
-
-    OMP_NUM_THREADS=1 python benchmarks/quant_speed.py --quick     # tiny 1-epoch models, a check
-    python benchmarks/quant_speed.py [--demo-dir demo_output] [--tasks cls,det,seg] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/quant_speed.py --quick           # tiny models: a check
+    python benchmarks/quant_speed.py --demo-dir demo_output --val-dir DIR \\
+        --nncf-python /work/side/quant/bin/python --foreign --calib-seeds 1,2,3
 """
 
 from __future__ import annotations
@@ -44,446 +35,347 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import itertools
 import multiprocessing as mp
 import os
-import resource
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ALGOS = ("KL", "minmax", "percentile", "ort_entropy")
+import numpy as np
+
+COLUMNS = ("KL", "minmax", "ort_minmax", "ort_entropy", "nncf")
+TITLES = {
+    "KL": "slimkit KL",
+    "minmax": "slimkit min-max",
+    "ort_minmax": "ORT MinMax",
+    "ort_entropy": "ORT Entropy",
+    "nncf": "NNCF",
+}
+ABLATION = ("KL_plain-bc", "KL_plain", "KL-bc", "KL", "minmax-bc", "minmax")
 TARGET_RATIO = 0.5
-TARGET_DROP_PP = 0.5
-MEMORY_BATCHES = (10, 100)
+HERE = Path(__file__).resolve().parent
 
 
 @dataclass
-class Row:
-    """One algorithm's line of a model's table."""
+class Case:
+    """A model to quantize: its FP32 file, calibration draws, evaluation and metric."""
 
-    algo: str
-    metric_int8: float
-    size_int8: int
-    latency_int8: float
-    calibration: str
-
-
-@dataclass
-class ModelResult:
-    """What was measured for one model at one input size."""
-
-    label: str
+    name: str
     metric_name: str
-    input_shape: tuple[int, ...]
-    metric_fp32: float
-    size_fp32: int
-    latency_fp32: float
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    source: Path  # the FP32 model given to slimkit.quant.quantize (exported or foreign)
+    calib: dict[str, list[np.ndarray]]  # {"val head": inputs, "seed 1": ...}
+    evaluate: Callable[[Path], float]
+    num_eval: int
+    fp32: Path | None = None  # the pre-processed FP32 model (set by the first quantize)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # {calib: {column: m}}
+    ablation: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
 
 
-# -- helpers ------------------------------------------------------------------------------------
+# -- quantizers -------------------------------------------------------------------------------
 
 
-def drop_pp(fp32: float, int8: float) -> float:
-    """Metric drop in percentage points (metrics are fractions in [0, 1])."""
-    return 100.0 * (fp32 - int8)
+def slimkit_int8(case: Case, variant: str, calib: list[np.ndarray], out: Path) -> Path:
+    """``variant``: a slimkit algo, ``-bc`` suffix to switch the bias correction off."""
+    from slimkit.quant import QuantConfig, quantize
 
-
-def mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
-
-
-def ort_metric(model: Any, onnx_path: Path, val_ds: Any, threads: int) -> float:
-    """The task's metric of an ONNX model on ``val_ds`` (same loop as ``slim.export_quant_model``)."""
-    with model.using_onnx(onnx_path, threads=threads):
-        return float(model.evaluate(val_ds)[model.metric_name])
-
-
-def latencies(paths: list[Path], args: argparse.Namespace) -> list[list[float]]:
-    """Median ORT CPU latency (ms) of each model in each of ``args.rounds`` interleaved rounds."""
-    from slimkit.bench.latency import onnx_latency
-
-    medians: list[list[float]] = [[] for _ in paths]
-    for _ in range(args.rounds):
-        for i, path in enumerate(paths):
-            stats = onnx_latency(
-                path, None, threads=args.threads, warmup=args.warmup, runs=args.runs
-            )
-            medians[i].append(stats.median_ms)
-    return medians
-
-
-def cpu_info() -> str:
-    """CPU model and the int8 dot-product extension ORT's u8s8 kernels use (VNNI), if any."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{name or 'unknown CPU'} ({', '.join(vnni) or 'no VNNI'})"
-
-
-def int8_convs(path: Path) -> str:
-    """How many convolutions ORT's optimised CPU graph runs as int8 kernels."""
-    from slimkit.quant.qdq import int8_kernel_ops
-
-    ops = int8_kernel_ops(path)
-    return f"{ops['QLinearConv']} QLinearConv, {ops['Conv'] + ops['FusedConv']} float Conv"
-
-
-# -- data and models ------------------------------------------------------------------------------
-
-
-def trained_model(task: str, args: argparse.Namespace) -> tuple[Path, Any]:
-    """The demo's trained original model dir of ``task`` (trained now if missing) and its val set."""
-    from slimkit.demo import CONFIGS, prepare_data, train_original
-
-    cfg = CONFIGS[task].quick() if args.quick else CONFIGS[task]
-    demo = Path(args.demo_dir)
-    best = demo / task / "original" / "best_model"
-    existed = (best / "model.yml").is_file()
-    train_ds, val_ds = prepare_data(cfg, demo / "data" / task)
-    if not existed:
-        print(f"[{task}] training {cfg.architecture} ({cfg.epochs} epochs) into {best.parent}")
-        start = time.time()
-        train_original(cfg, train_ds, val_ds, demo / task)
-        print(f"[{task}] trained in {time.time() - start:.0f} s")
-    elif not (best.parent / f"epoch_{cfg.epochs}" / "model.yml").is_file():
-        # train_original (like the demo) skips training whenever best_model exists, also when an
-        # earlier run was killed after an intermediate evaluation
-        print(
-            f"[{task}] WARNING: {best} exists but {best.parent}/epoch_{cfg.epochs} does not: the "
-            "training was interrupted, these figures are for a partly trained model"
-        )
-    return best, val_ds
-
-
-def quantize_all(
-    label: str,
-    model: Any,
-    val_ds: Any,
-    work: Path,
-    args: argparse.Namespace,
-    algos: tuple[str, ...] = ALGOS,
-) -> tuple[ModelResult, dict[str, Path]]:
-    """Export, quantize with each algorithm (one cached calibration), evaluate, size and time."""
-    from slimkit.quant import QuantConfig, export_onnx, quantize
-
-    work.mkdir(parents=True, exist_ok=True)
-    raw = export_onnx(model.net.cpu().eval(), model.example_inputs(1), work / "model_raw.onnx")
-    fp32 = work / "model_fp32.onnx"  # onnxruntime-pre-processed FP32: what every INT8 comes from
-    cache = work / "calib_cache"
-    int8: dict[str, Path] = {}
-    calib: dict[str, str] = {}
-    for algo in algos:
-        start = time.time()
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrator prints progress
-            result = quantize(
-                raw,
-                model.make_loader(val_ds, 1),
-                work / f"model_int8_{algo}.onnx",
-                QuantConfig(algo=algo, batch_num=args.batch_num),
-                cache_dir=cache,
-                fp32_path=fp32,
-            )
-        int8[algo] = result.model_path
-        if algo == "ort_entropy":
-            calib[algo] = "ORT Entropy calibrator"
-        elif result.calibration_cached:
-            calib[algo] = "histograms from cache"
-        else:
-            calib[algo] = f"{result.calibration_batches} batches -> cache"
-        calib[algo] += f", {time.time() - start:.1f} s"
-    metric_fp32 = ort_metric(model, fp32, val_ds, args.threads)
-    rounds = latencies([fp32, *int8.values()], args)
-    times = [min(r) for r in rounds]  # the least disturbed round of each model
-    res = ModelResult(
-        label=label,
-        metric_name=model.metric_name,
-        input_shape=tuple(model.example_inputs(1).shape),
-        metric_fp32=metric_fp32,
-        size_fp32=fp32.stat().st_size,
-        latency_fp32=times[0],
+    algo, off = variant.removesuffix("-bc"), variant.endswith("-bc")
+    config = QuantConfig(
+        algo=algo, batch_num=len(calib), bias_correction=not off, latency_check=False
     )
-    per_round = " ".join(f"{i / f:.2f}" for i, f in zip(rounds[1], rounds[0], strict=True))
-    res.notes.append(f"{algos[0]} INT8/FP32 latency ratio in each round: {per_round}")
-    for (algo, path), ms in zip(int8.items(), times[1:], strict=True):
-        metric = ort_metric(model, path, val_ds, args.threads)
-        res.rows.append(Row(algo, metric, path.stat().st_size, ms, calib[algo]))
-    return res, int8
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+        result = quantize(case.source, calib, out, config, fp32_path=out.with_suffix(".fp32.onnx"))
+    case.fp32 = case.fp32 or result.fp32_path
+    return result.model_path
 
 
-def print_table(res: ModelResult, args: argparse.Namespace) -> None:
-    shape = "x".join(str(d) for d in res.input_shape)
-    m = res.metric_name
-    print(
-        f"\n## {res.label}  [input {shape}; metric {m} on val via ONNX Runtime; "
-        f"latency: ORT CPU, {args.threads} thread(s), median of {args.runs}, "
-        f"best of {args.rounds} rounds]"
-    )
-    head = (
-        f"{'algo':12s} {m + ' FP32':>10s} {m + ' INT8':>10s} {'drop (pp)':>9s} "
-        f"{'size FP32':>10s} {'size INT8':>10s} {'lat FP32':>9s} {'INT8':>9s} {'ratio':>6s}"
-        f"  calibration"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in res.rows:
-        print(
-            f"{r.algo:12s} {res.metric_fp32:10.4f} {r.metric_int8:10.4f} "
-            f"{drop_pp(res.metric_fp32, r.metric_int8):9.2f} {mb(res.size_fp32):>10s} "
-            f"{mb(r.size_int8):>10s} {res.latency_fp32:7.2f}ms {r.latency_int8:7.2f}ms "
-            f"{r.latency_int8 / res.latency_fp32:6.2f}  {r.calibration}"
-        )
-    for note in res.notes:
-        print(f"  {note}")
-
-
-# -- calibration memory ---------------------------------------------------------------------------
-
-
-def _proc_status_kb(key: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in KiB; 0 when unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the process's RSS high-water mark (Linux >= 4.0); False when not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _memory_child(fp32: str, model_dir: str, data_dir: str, batches: int, queue: Any) -> None:
-    """In a fresh process: stream ``batches`` cls val batches into the histogram observers."""
-    import onnx
-
-    from slimkit.quant.observers import calibration_tensors, collect_histograms
-    from slimkit.quant.qdq import quantizable_op_types
-    from slimkit.quant.runtime import to_feed
-    from slimkit.tasks.factory import open_split
-    from slimkit.tasks.loading import load_model
-
-    model = load_model(model_dir)
-    loader = model.make_loader(open_split("cls", data_dir, "val"), 1)
-    onnx_model = onnx.load(fp32)
-    tensors = calibration_tensors(onnx_model, quantizable_op_types())
-    names = [i.name for i in onnx_model.graph.input]
-
-    def feeds():  # the val set cycled, one batch at a time (nothing kept)
-        for images, _ in itertools.islice(
-            itertools.chain.from_iterable(itertools.repeat(loader)), batches
-        ):
-            yield to_feed(images, names)
-
-    next(iter(loader))  # lazy imports of the image pipeline happen outside the measurement
-    # Peak RSS: the process's high-water mark, reset just before the run (Linux clear_refs).
-    # VmHWM rather than getrusage's ru_maxrss: in a spawned child ru_maxrss also holds the
-    # high-water mark of the forked parent image from before exec, which clear_refs cannot reset.
-    reset = _reset_peak_rss() and _proc_status_kb("VmHWM") > 0
-    base = _proc_status_kb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    start = time.perf_counter()
-    observers = collect_histograms(onnx_model, feeds(), tensors)
-    seconds = time.perf_counter() - start
-    traced_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    peak = _proc_status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(
-        {
-            "batches": batches,
-            "tensors": len(observers),
-            "state": sum(o.hist.nbytes for o in observers.values()),
-            "bins": next(iter(observers.values())).num_bins,
-            "rss_growth_kb": max(peak - base, 0),
-            "peak_reset": reset,
-            "traced_peak": traced_peak,
-            "seconds": seconds,
-            "count": sum(o.count for o in observers.values()),
-        }
-    )
-
-
-def calibration_memory(fp32: Path, model_dir: Path, data_dir: Path) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    out = []
-    for n in MEMORY_BATCHES:
-        queue = ctx.Queue()
-        proc = ctx.Process(
-            target=_memory_child, args=(str(fp32), str(model_dir), str(data_dir), n, queue)
-        )
-        proc.start()
-        out.append(queue.get())
-        proc.join()
+def nncf_int8(case: Case, calib: list[np.ndarray], out: Path, python: str) -> Path:
+    """NNCF's PTQ of the pre-processed FP32 model, in ``python``'s environment."""
+    assert case.fp32 is not None
+    npz = out.with_suffix(".calib.npz")
+    np.savez(npz, **{f"x{k}": x for k, x in enumerate(calib)})
+    cmd = [python, str(HERE / "nncf_quantize.py"), str(case.fp32), str(npz), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
     return out
 
 
-def print_memory(rows: list[dict], shape: tuple[int, ...]) -> bool:
-    shape_s = "x".join(str(d) for d in shape)
+def has_nncf(python: str | None) -> bool:
+    if not python:
+        return False
+    probe = subprocess.run([python, "-c", "import nncf"], capture_output=True)
+    return probe.returncode == 0
+
+
+# -- cases ------------------------------------------------------------------------------------
+
+
+def ort_metric(model: Any, onnx_path: Path, val_ds: Any) -> float:
+    """The task's metric of an ONNX model on ``val_ds`` (as ``slim.export_quant_model``)."""
+    with model.using_onnx(onnx_path, threads=1):
+        return float(model.evaluate(val_ds)[model.metric_name])
+
+
+def inputs_of(model: Any, dataset: Any, indices: list[int]) -> list[np.ndarray]:
+    """Preprocessed single-image inputs (batch 1) of ``dataset[indices]``."""
+    from torch.utils.data import DataLoader, Subset
+
+    from slimkit.data.collate import collate_fn
+
+    ds = Subset(model._transformed(dataset, False), indices)
+    loader = DataLoader(ds, batch_size=1, collate_fn=collate_fn(model.task))
+    return [images.numpy() for images, _ in loader]
+
+
+def zoo_case(task: str, args: argparse.Namespace, work: Path, size: int | None = None) -> Case:
+    """A demo zoo model (trained by the demo's code when missing), its val set and calibrations."""
+    from slimkit.demo import CONFIGS, prepare_data, train_original
+    from slimkit.quant import export_onnx
+    from slimkit.tasks.factory import open_split
+    from slimkit.tasks.loading import load_model
+
+    cfg = CONFIGS[task].quick() if args.quick else CONFIGS[task]
+    demo = Path(args.demo_dir)
+    train_ds, val_ds = prepare_data(cfg, demo / "data" / task)
+    best = train_original(cfg, train_ds, val_ds, demo / task)
+    if args.val_dir and (Path(args.val_dir) / task / "val_list.txt").is_file():
+        val_ds = open_split(task, Path(args.val_dir) / task, "val")
+    model = load_model(best)
+    if size:
+        model.input_size = (size, size)  # export shape and eval transforms follow it
+    label = f"{task} {model.architecture} {'x'.join(map(str, model.input_size))}"
+    source = export_onnx(model.net.cpu().eval(), model.example_inputs(1), work / "model.onnx")
+    n = args.batch_num
+    calib = {"val head": inputs_of(model, val_ds, list(range(min(n, len(val_ds)))))}
+    for seed in args.seeds:
+        pick = np.random.default_rng(seed).choice(len(train_ds), min(n, len(train_ds)), False)
+        calib[f"train seed {seed}"] = inputs_of(model, train_ds, sorted(pick.tolist()))
+    metric = "mAP" if task == "det" else model.metric_name
+    return Case(label, metric, source, calib, lambda p: ort_metric(model, p, val_ds), len(val_ds))
+
+
+def foreign_case_list(args: argparse.Namespace) -> list[Case]:
+    from quant_foreign import detection_set, direction_set, foreign_cases
+
+    cases = []
+    nums = (args.foreign_num, args.foreign_det_num)
+    wanted = {c.strip() for c in args.foreign_cases.split(",")}
+    for fc in foreign_cases(args.foreign_python, nums, args.batch_num):
+        if fc.name.split()[0] not in wanted:
+            continue
+        make = direction_set if fc.metric_name == "acc" else detection_set
+        calib = {"val head": [x for x, _ in fc.items[: args.batch_num]]}
+        for seed in args.seeds:
+            calib[f"rendered seed {seed}"] = [x for x, _ in make(args.batch_num, 1000 + seed)]
+        cases.append(Case(fc.name, fc.metric_name, fc.path, calib, fc.evaluate, len(fc.items)))
+    return cases
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def run_case(case: Case, args: argparse.Namespace, work: Path) -> None:
+    """Every column for every calibration draw, then the ablation and the latency."""
+    nncf = has_nncf(args.nncf_python)
+    for draw, calib in case.calib.items():
+        row: dict[str, float] = {}
+        tag = draw.replace(" ", "_")
+        for column in COLUMNS:
+            out = work / f"{tag}_{column}.onnx"
+            if column == "nncf":
+                if not nncf:
+                    continue
+                try:
+                    path = nncf_int8(case, calib, out, args.nncf_python)
+                except subprocess.CalledProcessError as error:
+                    tail = error.stderr.decode(errors="replace").strip().splitlines()[-1:]
+                    print(f"  [{case.name}] NNCF failed: {tail}")
+                    continue
+            else:
+                path = slimkit_int8(case, column, calib, out)
+            row[column] = case.evaluate(path)
+        case.results[draw] = row
+        print(f"  [{case.name}] {draw}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    assert case.fp32 is not None
+    case.results["FP32"] = {"FP32": case.evaluate(case.fp32)}
+    head = next(iter(case.calib.values()))
+    for variant in () if args.no_ablation else ABLATION:
+        path = slimkit_int8(case, variant, head, work / f"ablation_{variant}.onnx")
+        case.ablation[variant] = case.evaluate(path)
+    if args.runs > 0:
+        kl = work / f"{next(iter(case.calib)).replace(' ', '_')}_KL.onnx"
+        case.latency = latency_pair(case.fp32, kl, args, head[0].shape)
+
+
+def latency_pair(
+    fp32: Path, int8: Path, args: argparse.Namespace, shape: tuple[int, ...]
+) -> dict[str, float]:
+    """Best-of-rounds median ORT CPU latency (ms) of both models on ``shape``, interleaved."""
+    from slimkit.bench.latency import onnx_latency
+
+    best = {"fp32": float("inf"), "int8": float("inf")}
+    for _ in range(args.rounds):
+        for key, path in (("fp32", fp32), ("int8", int8)):
+            stats = onnx_latency(path, shape, threads=args.threads, warmup=3, runs=args.runs)
+            best[key] = min(best[key], stats.median_ms)
+    return best
+
+
+def _peak_child(source: str, calib: list[np.ndarray], algo: str, out: str, queue: Any) -> None:
+    """In a fresh process: the RSS high-water mark growth of one ``quantize`` call."""
+    from slimkit.quant import QuantConfig, quantize
+
+    def status_kb(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+    import onnxruntime  # noqa: F401  (libraries loaded before the baseline)
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (Linux >= 4.0)
+    base = status_kb("VmRSS")
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize(source, calib, out, QuantConfig(algo=algo, batch_num=len(calib)))
+    queue.put((status_kb("VmHWM") - base, time.perf_counter() - start))
+
+
+def peak_memory(case: Case, work: Path) -> dict[str, tuple[float, float]]:
+    """``{algo: (peak RSS growth MB, seconds)}`` of quantize with each calibrator."""
+    ctx = mp.get_context("spawn")
+    calib = next(iter(case.calib.values()))
+    out = {}
+    for algo in ("KL", "minmax", "ort_minmax", "ort_entropy"):
+        queue = ctx.Queue()
+        args = (str(case.source), calib, algo, str(work / f"mem_{algo}.onnx"), queue)
+        proc = ctx.Process(target=_peak_child, args=args)
+        proc.start()
+        kb, seconds = queue.get()
+        proc.join()
+        out[algo] = (kb / 1024, seconds)
+    return out
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+
+def resolution(case: Case) -> str:
+    if case.metric_name in ("acc1", "acc"):
+        return f"1 image = {100 / case.num_eval:.2f} pp"
+    return f"{case.num_eval} images"
+
+
+def print_case(case: Case) -> None:
+    fp32 = case.results["FP32"]["FP32"]
     print(
-        f"\n## calibration memory: streaming |x| histograms of the cls model [input {shape_s}, "
-        "val set cycled, one fresh process per run]"
+        f"\n## {case.name}: {case.metric_name} x100 on {case.num_eval} images ({resolution(case)})"
     )
-    how = (
-        "VmHWM (RSS high-water mark, reset just before the run) minus RSS before"
-        if rows[0]["peak_reset"]
-        else "getrusage ru_maxrss (high-water mark not resettable: may be an underestimate)"
-    )
-    print(f"  peak RSS growth: {how}; tracemalloc: numpy/Python heap peak during the run")
-    head = (
-        f"{'batches':>7s} {'tensors':>7s} {'hist state':>18s} {'peak RSS growth':>16s} "
-        f"{'tracemalloc peak':>17s} {'values seen':>12s} {'time':>7s}"
-    )
+    cols = [c for c in COLUMNS if any(c in r for k, r in case.results.items() if k != "FP32")]
+    head = f"{'calibration':22s} {'FP32':>7s} " + " ".join(f"{TITLES[c]:>16s}" for c in cols)
     print(head)
     print("-" * len(head))
-    for r in rows:
-        state = f"{r['state'] / 1024:.0f} KiB ({r['bins']} bins)"
+    for draw, row in case.results.items():
+        if draw == "FP32":
+            continue
+        cells = [f"{100 * row[c]:6.2f} ({100 * (row[c] - fp32):+5.1f})" for c in cols]
+        print(f"{draw:22s} {100 * fp32:7.2f} " + " ".join(f"{c:>16s}" for c in cells))
+    seeds = [r for k, r in case.results.items() if k not in ("FP32", "val head")]
+    if len(seeds) > 1:
+        spread = [f"{100 * np.std([r[c] for r in seeds]):16.2f}" for c in cols]
+        print(f"{'std over seeds (pp)':22s} {'':7s} " + " ".join(spread))
+    if case.ablation:
+        ablation = ", ".join(f"{k} {100 * v:.2f}" for k, v in case.ablation.items())
+        print(f"  ablation (val head; -bc: no bias correction): {ablation}")
+    if case.latency:
+        ratio = case.latency["int8"] / case.latency["fp32"]
         print(
-            f"{r['batches']:7d} {r['tensors']:7d} {state:>18s} "
-            f"{r['rss_growth_kb'] / 1024:13.1f} MB {r['traced_peak'] / 1e6:14.2f} MB "
-            f"{r['count']:12d} {r['seconds']:6.1f}s"
+            f"  ORT latency FP32 {case.latency['fp32']:.2f} ms, slimkit KL INT8 "
+            f"{case.latency['int8']:.2f} ms: INT8/FP32 {ratio:.2f}"
         )
-    lo, hi = rows[0], rows[-1]
-    rss_ratio = hi["rss_growth_kb"] / max(lo["rss_growth_kb"], 1)
-    traced_ratio = hi["traced_peak"] / max(lo["traced_peak"], 1)
-    state_ratio = hi["state"] / max(lo["state"], 1)
-    print(
-        f"  {hi['batches']} vs {lo['batches']} batches: peak RSS growth x{rss_ratio:.2f}, "
-        f"tracemalloc peak x{traced_ratio:.2f}, histogram state x{state_ratio:.2f} "
-        f"(data seen x{hi['count'] / max(lo['count'], 1):.1f})"
-    )
-    return state_ratio == 1.0 and rss_ratio <= 1.2 and traced_ratio <= 1.2
 
 
-# -- main -----------------------------------------------------------------------------------------
+def best_gap(case: Case) -> float:
+    """slimkit KL minus the best of ORT MinMax, ORT Entropy and NNCF (val head), in pp."""
+    row = case.results["val head"]
+    peers = [row[c] for c in ("ort_minmax", "ort_entropy", "nncf") if c in row]
+    return 100 * (row["KL"] - max(peers))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--demo-dir",
-        default=None,
-        help="demo output folder (default demo_output, demo_output_quick with --quick)",
-    )
+    parser.add_argument("--demo-dir", default=None, help="demo output folder (models, data)")
+    parser.add_argument("--val-dir", default=None, help="DIR/{cls,det,seg} larger val sets")
     parser.add_argument("--out", default=None, help="work folder (default DEMO_DIR/quant_speed)")
     parser.add_argument("--tasks", default="cls,det,seg")
-    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per latency")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
-    parser.add_argument("--batch-num", type=int, default=10, help="calibration batches (of 1)")
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="demo CONFIGS[t].quick() models (tiny data, 1 epoch): a script check",
-    )
+    parser.add_argument("--batch-num", type=int, default=10, help="calibration inputs (batch 1)")
+    parser.add_argument("--calib-seeds", default="", help="e.g. 1,2,3: extra calibration draws")
+    parser.add_argument("--nncf-python", default=None, help="python of an env with nncf")
+    parser.add_argument("--foreign", action="store_true", help="also the PP-OCR ONNX models")
+    parser.add_argument("--foreign-python", default=None, help="python with rapidocr-onnxruntime")
+    parser.add_argument("--foreign-num", type=int, default=1000, help="direction eval images")
+    parser.add_argument("--foreign-det-num", type=int, default=300, help="detector eval images")
+    parser.add_argument("--foreign-cases", default="ppocr_cls,ppocr_det", help="which of them")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=50, help="timed runs (0: no latency)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny demo models: a script check")
     args = parser.parse_args()
     args.demo_dir = args.demo_dir or ("demo_output_quick" if args.quick else "demo_output")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if "cls" not in tasks:
-        parser.error("--tasks must include cls (the MobileNetV2 224 and memory figures use it)")
+    args.seeds = [int(s) for s in args.calib_seeds.split(",") if s.strip()]
+    args.foreign_python = args.foreign_python or args.nncf_python or sys.executable
     work = Path(args.out or Path(args.demo_dir) / "quant_speed")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
 
     import onnxruntime as ort
     import torch
 
-    from slimkit.tasks.loading import load_model
-
-    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(
-        f"slimkit INT8 PTQ benchmark: onnxruntime {ort.__version__}, torch {torch.__version__}, "
-        f"{cpu_info()}; {'quick' if args.quick else 'full'} "
-        f"demo models from {args.demo_dir}/; load average {load} on {os.cpu_count()} CPUs"
-    )
-    results: dict[str, ModelResult] = {}
-    trained: dict[str, tuple[Path, Any]] = {}
-    for task in tasks:
-        best, val_ds = trained_model(task, args)
-        trained[task] = (best, val_ds)
-        model = load_model(best)
-        label = (
-            f"{task}: {model.architecture} (trained {model.input_size[0]}x{model.input_size[1]}, "
-            f"{len(val_ds)} val images, {args.batch_num} calibration batches of 1)"
-        )
-        res, _ = quantize_all(label, model, val_ds, work / task, args)
-        results[task] = res
-        print_table(res, args)
+    nncf = "NNCF via " + args.nncf_python if has_nncf(args.nncf_python) else "no NNCF"
+    print(f"slimkit INT8 benchmark: onnxruntime {ort.__version__}, {nncf}; load {load}")
+    cases = [zoo_case(t, args, work / t) for t in tasks]
+    if args.foreign:
+        foreign = foreign_case_list(args)
+        print("foreign models: " + (", ".join(c.name for c in foreign) or "not installed, skipped"))
+        cases += foreign
+    for case in cases:
+        run_case(case, args, work / case.name.split()[0])
+        print_case(case)
+    print("\n## slimkit KL vs the best of ORT MinMax / ORT Entropy / NNCF (val head, pp)")
+    for case in cases:
+        print(f"  {case.name:34s} {best_gap(case):+6.2f}")
+    if not args.no_memory and cases:
+        print("\n## peak RSS growth of one quantize call (fresh process; MB, seconds)")
+        for case in [cases[0], *(c for c in cases[1:] if c.name.startswith("ppocr_det"))]:
+            mem = peak_memory(case, work / "memory")
+            cells = ", ".join(f"{k} {mb:.0f} MB ({s:.0f} s)" for k, (mb, s) in mem.items())
+            print(f"  {case.name}: {cells}; KL/min-max {mem['KL'][0] / mem['minmax'][0]:.2f}")
+    if "cls" in tasks:
+        headline(args, work)
 
-    # MobileNetV2 at 224x224: the same trained weights, re-exported at 1x3x224x224.
-    best, val_ds = trained["cls"]
-    model224 = load_model(best)
-    native = model224.input_size
-    model224.input_size = (224, 224)  # export shape and eval/calibration transforms follow it
-    label = (
-        f"mobilenetv2 224: cls weights trained at {native[0]}x{native[1]} re-exported at "
-        f"224x224, val images resized to 224 for calibration (KL) and both metrics"
-    )
-    res224, int8_224 = quantize_all(label, model224, val_ds, work / "cls_224", args, algos=("KL",))
-    res224.notes.append(
-        f"every figure in this table is at 224x224, batch 1; ORT INT8 graph: "
-        f"{int8_convs(int8_224['KL'])}"
-    )
-    print_table(res224, args)
 
-    # Calibration memory, 10 vs 100 batches, on the cls model at its trained size.
-    cls_fp32 = work / "cls" / "model_fp32.onnx"
-    mem = calibration_memory(cls_fp32, best, Path(args.demo_dir) / "data" / "cls")
-    flat = print_memory(mem, results["cls"].input_shape)
-
-    kl224 = res224.rows[0]
-    ratio = kl224.latency_int8 / res224.latency_fp32
-    drop224 = drop_pp(res224.metric_fp32, kl224.metric_int8)
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    def within(value: float, target: float) -> bool:
-        return round(value, 6) <= target  # 1 image of 200 is 0.5 pp, not 0.50000000001
-
-    print("\n## targets")
-    print(
-        f"  INT8/FP32 ORT latency, mobilenetv2 224x224 batch 1, {args.threads} thread(s): "
-        f"{ratio:.2f} (target <= {TARGET_RATIO}): {verdict(within(ratio, TARGET_RATIO))}"
-    )
-    for task, res in results.items():
-        kl = next(r for r in res.rows if r.algo == "KL")
-        d = drop_pp(res.metric_fp32, kl.metric_int8)
-        shape = "x".join(str(s) for s in res.input_shape[2:])
-        print(
-            f"  metric drop, {task} KL at {shape}: {d:.2f} pp {res.metric_name} "
-            f"(target <= {TARGET_DROP_PP}): {verdict(within(d, TARGET_DROP_PP))}"
-        )
-    print(
-        f"  metric drop, mobilenetv2 KL at 224x224: {drop224:.2f} pp {res224.metric_name} "
-        f"(target <= {TARGET_DROP_PP}): {verdict(within(drop224, TARGET_DROP_PP))}"
-    )
-    print(
-        f"  calibration memory flat from {MEMORY_BATCHES[0]} to {MEMORY_BATCHES[-1]} batches: "
-        f"{verdict(flat)}"
-    )
-    print(f"INT8/FP32 latency ratio (mobilenetv2 224): {ratio:.2f} metric drop: {drop224:.2f}")
+def headline(args: argparse.Namespace, work: Path) -> None:
+    """MobileNetV2 re-exported at 224x224: slimkit KL drop and INT8/FP32 latency ratio."""
+    case = zoo_case("cls", args, work / "cls_224", size=224)
+    case.calib = {"val head": case.calib["val head"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = slimkit_int8(case, "KL", case.calib["val head"], Path(tmp) / "kl.onnx")
+        assert case.fp32 is not None
+        drop = 100 * (case.evaluate(case.fp32) - case.evaluate(int8))
+        ratio = float("nan")
+        if args.runs > 0:
+            lat = latency_pair(case.fp32, int8, args, case.calib["val head"][0].shape)
+            ratio = lat["int8"] / lat["fp32"]
+    print(f"\n  target INT8/FP32 <= {TARGET_RATIO} at 224 ({args.threads} thread(s))")
+    print(f"INT8/FP32 latency ratio (mobilenetv2 224): {ratio:.2f} metric drop: {drop:.2f}")
 
 
 if __name__ == "__main__":

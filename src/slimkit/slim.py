@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from slimkit.quant import QuantConfig, export_onnx, quantize
+from slimkit.quant import QuantConfig, QuantResult, export_onnx, quantize
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
 from slimkit.tasks.loading import load_model
@@ -136,6 +136,7 @@ def export_quant_model(
     algo: str = "KL",
     max_metric_drop: float | None = None,
     exclude: Sequence[str] = (),
+    keep_fp32_if_slower: bool = True,
 ) -> BaseTask:
     """Post-training INT8 quantization (KL calibration by default) to an ONNX Quant model directory.
 
@@ -143,7 +144,10 @@ def export_quant_model(
     ``batch_size × batch_num`` samples of ``test_dataset``, writes a QDQ INT8 model that ONNX Runtime
     runs on CPU, evaluates FP32 and INT8 on ``test_dataset`` and saves a ``Quant`` model directory.
     With ``max_metric_drop`` (absolute, in metric units) the worst layers stay FP32 until the INT8
-    metric is within that drop. Returns the loaded Quant model.
+    metric is within that drop. Where INT8 runs slower than FP32 on this CPU (tiny nets), the FP32
+    model is shipped as ``model.onnx`` with a message (``keep_fp32_if_slower=False``: always INT8);
+    ``model.yml``'s ``quant`` section records the choice, both latencies, the INT8 metric, how the
+    ranges were chosen and the bias-corrected layers. Returns the loaded Quant model.
     """
     _require_net(model, "slim.export_quant_model")
     if batch_size < 1 or batch_num < 1:
@@ -155,12 +159,15 @@ def export_quant_model(
     )
     save_dir = Path(save_dir)
     with modeldir.writing(save_dir) as tmp:
-        info = _quantize_into(tmp, model, test_dataset, batch_size, config, cache_dir)
+        info = _quantize_into(
+            tmp, model, test_dataset, batch_size, config, cache_dir, keep_fp32_if_slower
+        )
         modeldir.write_model_yml(tmp, info)
-    int8_metric, fp32_metric = info["metrics"][model.metric_name], info["fp32_metrics"]
+    int8_metric, fp32_metric = info["quant"]["int8_metric"], info["fp32_metrics"]
     log(
         f"INT8 {model.metric_name} {int8_metric:.4f} "
-        f"(FP32 {fp32_metric[model.metric_name]:.4f}) -> {save_dir}"
+        f"(FP32 {fp32_metric[model.metric_name]:.4f}; shipped {info['quant']['shipped']}) "
+        f"-> {save_dir}"
     )
     return load_model(save_dir)
 
@@ -172,6 +179,7 @@ def _quantize_into(
     batch_size: int,
     config: QuantConfig,
     cache_dir: str | os.PathLike | None,
+    keep_fp32_if_slower: bool = True,
 ) -> dict[str, Any]:
     """Write the FP32 and INT8 ONNX files of ``model`` into ``out``; returns the ``model.yml`` dict."""
     from slimkit.prune.counting import count_macs, count_params  # heavy, see analysis()
@@ -193,18 +201,53 @@ def _quantize_into(
         fp32_path=fp32,
         eval_fn=eval_fn if config.max_metric_drop is not None else None,
     )
+    fp32_metric, int8_metric = eval_fn(fp32), eval_fn(int8)
+    shipped = _ship_faster(result, int8, fp32) if keep_fp32_if_slower else "int8"
     info = model.info()
     info.update(
         status="Quant",
-        metrics={model.metric_name: eval_fn(int8)},
+        metrics={model.metric_name: fp32_metric if shipped == "fp32" else int8_metric},
         params=count_params(model.net),
         macs=count_macs(model.net, model.example_inputs()),
-        fp32_metrics={model.metric_name: eval_fn(fp32)},
+        fp32_metrics={model.metric_name: fp32_metric},
         quant={
             "algo": config.algo,
             "batch_size": batch_size,
             "batch_num": config.batch_num,
             "fp32_nodes": list(result.fp32_nodes),
+            **_quant_record(result, int8_metric, shipped),
         },
     )
     return info
+
+
+def _ship_faster(result: QuantResult, int8: Path, fp32: Path) -> str:
+    """Keep the INT8 model only where it runs faster than FP32; else ship FP32 as ``model.onnx``."""
+    import shutil
+
+    if result.int8_faster is not False:
+        return "int8"
+    ms = result.latency_ms
+    log(
+        f"INT8 is slower than FP32 on this CPU ({ms['int8']:.3g} vs {ms['fp32']:.3g} ms, 1 thread):"
+        f" {int8.name} holds the FP32 model; the INT8 one is kept as {int8.stem}_int8.onnx"
+    )
+    os.replace(int8, int8.with_name(int8.stem + "_int8.onnx"))
+    shutil.copyfile(fp32, int8)
+    return "fp32"
+
+
+def _quant_record(result: QuantResult, int8_metric: float, shipped: str) -> dict[str, Any]:
+    """What ``model.yml`` records of a quantization run (``quant:`` section)."""
+    methods: dict[str, int] = {}
+    for how in result.range_methods.values():
+        methods[how] = methods.get(how, 0) + 1
+    return {
+        "shipped": shipped,
+        "int8_metric": int8_metric,
+        "latency_ms": {k: round(v, 4) for k, v in result.latency_ms.items()},
+        "opset": result.opset,
+        "per_channel": result.per_channel,
+        "bias_corrected": len(result.bias_corrected),
+        "range_methods": methods,
+    }

@@ -51,7 +51,9 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with contextlib.redirect_stdout(buf):
         slim.prune(root / "orig", 0.5, root / "pruned")
         val = open_split("cls", root / "data", "val")
-        slim.export_quant_model(model, val, batch_size=1, batch_num=2, save_dir=root / "int8")
+        slim.export_quant_model(
+            model, val, batch_size=1, batch_num=2, save_dir=root / "int8", keep_fp32_if_slower=False
+        )
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         result = run_bench(

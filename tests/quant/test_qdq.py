@@ -50,18 +50,23 @@ def test_qdq_around_conv_with_int8_per_channel_weights(quantized):
         assert np.all(np.abs(weight).reshape(weight.shape[0], -1).max(axis=1) == 127)
 
 
-def test_unsigned_ranges_give_zero_point_zero(quantized):
+def test_zero_points_follow_the_asymmetric_ranges(quantized):
     model = onnx.load(str(quantized.model_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    points = {}
+    params = {}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear":
-            points[node.input[0]] = inits[node.input[2]]
+            params[node.input[0]] = (inits[node.input[1]], inits[node.input[2]])
     unsigned = [name for name, (lo, _) in quantized.ranges.items() if lo == 0.0]
-    signed = [name for name, (lo, hi) in quantized.ranges.items() if lo < 0.0]
+    signed = [name for name, (lo, hi) in quantized.ranges.items() if lo < 0.0 and name in params]
     assert unsigned and signed
-    assert all(points[n] == 0 for n in unsigned if n in points)
-    assert all(points[n] == 128 for n in signed if n in points)  # uint8 symmetric [-T, T]
+    assert all(params[n][1] == 0 for n in unsigned if n in params)
+    for name in signed:  # uint8 over [lo, hi]: zero point round(-lo / scale), not always 128
+        lo, hi = quantized.ranges[name]
+        scale, zero = params[name]
+        assert scale == pytest.approx((hi - lo) / 255, rel=1e-5)
+        assert abs(int(zero) - (-lo / scale)) <= 0.5 + 1e-6
+    assert any(params[n][1] != 128 for n in signed)
 
 
 def test_ort_runs_convs_and_adds_in_int8(quantized):

@@ -92,8 +92,12 @@ def test_cache_dir_reuse_skips_the_model_run(tmp_path, tiny_net, calib_batches, 
         tiny_net, calib_batches, tmp_path / "mm.onnx", {"batch_num": 4, "algo": "minmax"}, cache
     )
     assert len(calls) == 1 and mm.calibration_cached and mm.calibration_batches == 0
-    # same histograms: minmax ranges are at least the KL ones, and equal on the outputs
-    assert all(mm.ranges[k][1] >= kl.ranges[k][1] for k in kl.ranges)
+    # same histograms: minmax ranges hold the KL ones (except known bounds), equal on the outputs
+    searched = [k for k in kl.ranges if kl.range_methods[k] != "bound"]
+    assert all(mm.ranges[k][1] >= kl.ranges[k][1] for k in searched)
+    assert all(mm.ranges[k][0] <= kl.ranges[k][0] for k in searched)
+    bounded = [k for k in kl.ranges if kl.range_methods[k] == "bound"]
+    assert bounded and all(kl.ranges[k] == mm.ranges[k] for k in bounded)  # ReLU6: unsearched
     assert mm.ranges["output"] == kl.ranges["output"]
     other = quantize(tiny_net, calib_batches[:2], tmp_path / "o.onnx", {"batch_num": 2}, cache)
     assert len(calls) == 2 and not other.calibration_cached  # other settings: recalibrated
@@ -141,8 +145,19 @@ def _runs_float(path: str, node: str) -> bool:
     return weight_producer is None  # quantized convs read their weight from a DequantizeLinear
 
 
-def test_accuracy_aware_search_keeps_the_harmful_node_fp32(tmp_path, tiny_net, calib_batches):
+def test_accuracy_aware_search_keeps_the_harmful_node_fp32(
+    tmp_path, tiny_net, calib_batches, monkeypatch
+):
+    import slimkit.quant.accuracy as accuracy
+
     bad = "/pw/Conv"
+    real_rank = accuracy.rank_nodes
+
+    def rank_bad_second(*args, **kwargs):  # the real ranking, with the bad node moved to 2nd
+        ranking = [item for item in real_rank(*args, **kwargs) if item[0] != bad]
+        return [ranking[0], (bad, 0.0), *ranking[1:]]
+
+    monkeypatch.setattr(accuracy, "rank_nodes", rank_bad_second)
 
     def eval_fn(path: str) -> float:  # the metric collapses while /pw/Conv is quantized
         return 1.0 if _runs_float(path, bad) else 0.2

@@ -137,10 +137,10 @@ def search_fp32_nodes(
         search.fp32_nodes.append(node)
         try:
             write([*base_exclude, *search.fp32_nodes], out_path)
-        except ValueError:  # every node reverted: nothing left to quantize
+        except ValueError:  # this revert would leave nothing quantized: skip the node
             search.fp32_nodes.pop()
             write([*base_exclude, *search.fp32_nodes], out_path)
-            break
+            continue
         search.metric = float(eval_fn(str(out_path)))
         search.history.append((len(search.fp32_nodes), search.metric))
         log.info("FP32 node %s: metric %.5g (FP32 %.5g)", node, search.metric, baseline)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slimkit._io import atomic_write_json
 
 from .config import QuantConfig
 from .runtime import to_feed
@@ -41,6 +42,11 @@ class QuantResult:
         within_budget: Whether the drop fits ``max_metric_drop`` (None when not checked).
         calibration_cached: Whether the histograms came from ``cache_dir`` (no model run).
         calibration_batches: Calibration batches run (0 when cached).
+        range_methods: ``{tensor: how its range was chosen}`` (``"bound"``, ``"kl"``, ...).
+        bias_corrected: Conv/Gemm layers whose bias the bias correction changed.
+        opset: Opset of the FP32 model quantized (after any upgrade).
+        per_channel: Whether weights got per-channel scales (False if the opset is too old).
+        latency_ms: ``{"fp32": ms, "int8": ms}`` (ORT CPU, 1 thread, median) when measured.
     """
 
     model_path: Path
@@ -56,6 +62,18 @@ class QuantResult:
     within_budget: bool | None = None
     calibration_cached: bool = False
     calibration_batches: int = 0
+    range_methods: dict[str, str] = field(default_factory=dict)
+    bias_corrected: list[str] = field(default_factory=list)
+    opset: int = 0
+    per_channel: bool = True
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def int8_faster(self) -> bool | None:
+        """Whether INT8 ran faster than FP32 (None when not measured)."""
+        if not self.latency_ms:
+            return None
+        return self.latency_ms["int8"] < self.latency_ms["fp32"]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (paths as strings, config as its dict)."""
@@ -154,7 +172,7 @@ def _data_fingerprint(feed: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _slimkit_ranges(
+def _ranges(
     fp32_path: Path,
     model: Any,
     batches: _Batches,
@@ -162,11 +180,17 @@ def _slimkit_ranges(
     op_types: list[str],
     config: QuantConfig,
     cache_dir: str | Path | None,
-) -> tuple[dict[str, tuple[float, float]], bool]:
-    """Histograms (from cache or a calibration run) turned into ranges with ``config.algo``."""
-    from . import observers as obs
-    from .ranges import activation_range
+) -> tuple[dict[str, tuple[float, float]], dict[str, str], bool]:
+    """``(ranges, how each was chosen, from cache)`` with ``config.algo``.
 
+    slimkit's algos: histograms (from cache or a calibration run) turned into ranges;
+    ``"ort_*"``: onnxruntime's own calibrators.
+    """
+    from . import observers as obs
+
+    if config.algo.startswith("ort_"):
+        ranges = _ort_ranges(fp32_path, batches, input_names, op_types, config.algo)
+        return ranges, {}, False
     tensors = obs.calibration_tensors(model, op_types)
     settings = {
         "num_bins": config.num_bins,
@@ -183,20 +207,52 @@ def _slimkit_ranges(
         if cache_dir:
             meta = {"model": str(fp32_path), "settings": settings, "batches": batches.consumed}
             obs.save_histograms(cache_dir, key, observers, meta)
+    ranges, how = observed_ranges(model, observers, config)
+    return ranges, how, cached
+
+
+def observed_ranges(
+    model: Any, observers: dict[str, Any], config: QuantConfig
+) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """Ranges of the observed tensors by ``config.algo``, and how each was chosen.
+
+    ``"KL"`` is the guarded choice (`slimkit.quant.guarded.choose_range`): known bounds of
+    bounded activations, else the best of guarded KL / min-max / percentile per side by expected
+    error, asymmetric. ``"KL_plain"`` is the plain TensorRT search on |x|, symmetric for signed
+    tensors (the behaviour before the guards). Model outputs use min-max unless ``clip_outputs``.
+    """
+    from .guarded import choose_range
+    from .observers import bounded_tensors
+    from .ranges import activation_range
+
     outputs = set() if config.clip_outputs else {o.name for o in model.graph.output}
-    ranges = {
-        name: activation_range(
-            o.hist,
-            o.bin_edges,
-            o.amax,
-            o.signed,
-            "minmax" if name in outputs else config.algo,
-            config.num_levels,
-            config.percentile,
+    bounds = bounded_tensors(model) if config.algo == "KL" else {}
+    ranges: dict[str, tuple[float, float]] = {}
+    how: dict[str, str] = {}
+    for name, o in observers.items():
+        algo = "minmax" if name in outputs else config.algo
+        if algo == "KL" and o.amax > 0.0:
+            choice = choose_range(
+                o.pos_hist,
+                o.neg_hist,
+                o.bin_edges,
+                o.min,
+                o.max,
+                o.zeros,
+                bounds.get(name),
+                config.num_levels,
+                config.percentile,
+            )
+            ranges[name], how[name] = (choice.lo, choice.hi), choice.method
+            continue
+        plain = "KL" if algo == "KL_plain" else algo
+        lo, hi = activation_range(
+            o.hist, o.bin_edges, o.amax, o.signed, plain, config.num_levels, config.percentile
         )
-        for name, o in observers.items()
-    }
-    return ranges, cached
+        if lo < 0.0 and algo != "KL_plain" and not config.symmetric_activations:
+            lo, hi = max(lo, o.min), min(hi, max(o.max, 0.0))  # each side its own bound
+        ranges[name], how[name] = (lo, hi), algo
+    return ranges, how
 
 
 def _check_quantizable(model: Any, op_types: list[str], excluded: list[str]) -> None:
@@ -258,7 +314,8 @@ def quantize(
         raise ValueError("config.max_metric_drop needs eval_fn(onnx_path) -> metric")
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
-    batches = _Batches(calib_batches, config.batch_num, config.ranking_batches)
+    keep = max(config.ranking_batches, config.correction_batches if config.bias_correction else 0)
+    batches = _Batches(calib_batches, config.batch_num, keep)
     fp32_path = Path(fp32_path) if fp32_path else _sibling(save_path, ".fp32.onnx")
     fp32_path.parent.mkdir(parents=True, exist_ok=True)
     fp32_path = _prepare_fp32(model_or_onnx_path, batches.first, fp32_path, config)
@@ -267,39 +324,114 @@ def quantize(
     excluded = resolve_nodes(model, config.exclude)
     _check_quantizable(model, op_types, excluded)
     input_names = _graph_inputs(model)
-    if config.algo == "ort_entropy":
-        ranges, cached = _ort_ranges(fp32_path, batches, input_names, op_types), False
-    else:
-        ranges, cached = _slimkit_ranges(
-            fp32_path, model, batches, input_names, op_types, config, cache_dir
-        )
-    write = functools.partial(_write, fp32_path, ranges, config, op_types)
-    quantized = write(excluded, save_path)
-    result = QuantResult(
-        model_path=save_path,
-        fp32_path=fp32_path,
-        report_path=_sibling(save_path, ".quant.json"),
-        config=config,
-        ranges=ranges,
-        quantized_nodes=quantized,
-        fp32_nodes=list(excluded),
-        calibration_cached=cached,
-        calibration_batches=0 if cached else batches.consumed,
+    ranges, how, cached = _ranges(
+        fp32_path, model, batches, input_names, op_types, config, cache_dir
     )
-    if eval_fn is not None:
-        _evaluate(result, eval_fn, write, batches, input_names, excluded)
-    result.report_path.write_text(json.dumps(result.to_dict(), indent=1))
+    opset = _default_opset(model)
+    with tempfile.TemporaryDirectory(prefix="slimkit_quant_", dir=save_path.parent) as tmp:
+        source = Path(tmp) / "source.onnx"
+        shutil.copyfile(fp32_path, source)
+        write = functools.partial(_write, source, ranges, config, op_types, opset >= 13)
+        quantized = write(excluded, save_path)
+        corrected = []
+        if config.bias_correction:
+            feeds = [to_feed(b, input_names) for b in batches.head(config.correction_batches)]
+            corrected = _correct_biases(write, excluded, save_path, source, feeds)
+        result = QuantResult(
+            model_path=save_path,
+            fp32_path=fp32_path,
+            report_path=_sibling(save_path, ".quant.json"),
+            config=config,
+            ranges=ranges,
+            quantized_nodes=quantized,
+            fp32_nodes=list(excluded),
+            calibration_cached=cached,
+            calibration_batches=0 if cached else batches.consumed,
+            range_methods=how,
+            bias_corrected=corrected,
+            opset=opset,
+            per_channel=config.per_channel and opset >= 13,
+        )
+        if eval_fn is not None:
+            _evaluate(result, eval_fn, write, batches, input_names, excluded)
+    if config.latency_check:
+        _check_latency(result, batches.first, input_names)
+    atomic_write_json(result.report_path, result.to_dict())
     return result
 
 
+def _check_latency(result: QuantResult, batch: Any, input_names: list[str]) -> None:
+    """Fill ``result.latency_ms``; warn when INT8 is not faster than FP32."""
+    result.latency_ms = _latencies(result.fp32_path, result.model_path, batch, input_names)
+    if not result.int8_faster:
+        log.warning(
+            "INT8 is not faster than FP32 on this CPU (%.3g ms vs %.3g ms, 1 thread)",
+            result.latency_ms["int8"],
+            result.latency_ms["fp32"],
+        )
+
+
+def _default_opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _correct_biases(
+    write: Callable[[Any, Path], list[str]],
+    excluded: list[str],
+    save_path: Path,
+    source: Path,
+    feeds: list[dict[str, np.ndarray]],
+) -> list[str]:
+    """Bias correction: measure on ``feeds``, correct ``source`` in place, rewrite the INT8 model."""
+    from .correction import apply_bias_corrections, bias_corrections
+
+    corrections = bias_corrections(save_path, source, feeds)
+    changed = [name for name, delta in corrections.items() if np.any(delta)]
+    if changed:
+        apply_bias_corrections(source, corrections, source)
+        write(excluded, save_path)
+    return changed
+
+
 def _ort_ranges(
-    fp32_path: Path, batches: _Batches, input_names: list[str], op_types: list[str]
+    fp32_path: Path, batches: _Batches, input_names: list[str], op_types: list[str], algo: str
 ) -> dict[str, tuple[float, float]]:
-    """Ranges from onnxruntime's own entropy calibrator (``algo="ort_entropy"``)."""
+    """Ranges from onnxruntime's own calibrators (``algo="ort_entropy"`` / ``"ort_minmax"``)."""
     from .qdq import ort_calibrate
 
     feeds = (to_feed(b, input_names) for b in batches)
-    return ort_calibrate(fp32_path, feeds, op_types, "entropy")
+    return ort_calibrate(fp32_path, feeds, op_types, algo.removeprefix("ort_"))
+
+
+def _latencies(
+    fp32_path: Path, int8_path: Path, batch: Any, input_names: list[str]
+) -> dict[str, float]:
+    """Median ORT CPU latency (ms, 1 thread) of both models, interleaved over three rounds.
+
+    Each round runs a model at most five times and stops after 0.3 s of it, so a large model
+    costs about two seconds in all.
+    """
+    import time
+
+    from .runtime import make_session, split_feed
+
+    sessions = {"fp32": make_session(fp32_path, threads=1), "int8": make_session(int8_path, 1)}
+    dims = {i.name: (i.shape[0] if i.shape else None) for i in sessions["fp32"].get_inputs()}
+    feed = next(split_feed(to_feed(batch, input_names), dims))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(3):
+        for key, session in sessions.items():
+            session.run(None, feed)  # warm-up
+            spent = 0.0
+            for _ in range(5):
+                start = time.perf_counter()
+                session.run(None, feed)
+                took = time.perf_counter() - start
+                times[key].append(1e3 * took)
+                spent += took
+                if spent > 0.3:
+                    break
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _write(
@@ -307,6 +439,7 @@ def _write(
     ranges: dict[str, tuple[float, float]],
     config: QuantConfig,
     op_types: list[str],
+    per_channel_ok: bool,
     nodes_to_exclude: Any,
     path: Path,
 ) -> list[str]:
@@ -318,7 +451,7 @@ def _write(
         path,
         ranges,
         nodes_to_exclude=list(nodes_to_exclude),
-        per_channel=config.per_channel,
+        per_channel=config.per_channel and per_channel_ok,
         activation_type=config.activation_type,
         reduce_range=config.reduce_range,
         op_types=op_types,

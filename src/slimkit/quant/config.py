@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["ALGOS", "QuantConfig"]
 
-ALGOS = ("KL", "minmax", "percentile", "ort_entropy")
+ALGOS = ("KL", "KL_plain", "minmax", "percentile", "ort_entropy", "ort_minmax")
 _ALGO_BY_KEY = {name.lower(): name for name in ALGOS}
 _ACTIVATION_TYPES = ("uint8", "int8")
 _DROP_TYPES = ("absolute", "relative")
@@ -19,15 +19,26 @@ class QuantConfig:
     """Settings of `slimkit.quant.quantize`.
 
     Attributes:
-        algo: Activation range search: ``"KL"`` (TensorRT entropy), ``"minmax"``, ``"percentile"``,
-            or ``"ort_entropy"`` (onnxruntime's own entropy calibrator, for comparison).
+        algo: Activation range search: ``"KL"`` (the guarded choice of
+            `slimkit.quant.guarded.choose_range`: known bounds of bounded activations, else the
+            best of guarded TensorRT-entropy / min-max / percentile by expected error, per side),
+            ``"KL_plain"`` (the plain TensorRT search, symmetric), ``"minmax"``, ``"percentile"``,
+            or onnxruntime's own calibrators ``"ort_entropy"`` / ``"ort_minmax"`` (comparison).
         batch_num: Number of calibration batches used (the first ones of the iterable).
         num_bins: Bins of each streaming |x| histogram; a power of two (exact re-binning).
         num_levels: Quantization levels of the non-negative half for KL (128 for int8).
         percentile: Share of |x| kept inside the range for ``"percentile"``.
         clip_outputs: Apply the range search to the model's outputs too. By default they keep
             their full min-max range: clipping an output (logits, YOLO box maps) changes it directly.
-        per_channel: Symmetric per-output-channel weight scales (else per-tensor).
+        symmetric_activations: Signed tensors get ``[-T, T]`` (zero point 128 in uint8) with
+            ``"minmax"``/``"percentile"`` instead of their own ``[lo, hi]``.
+        bias_correction: Correct the output-mean shift of every quantized Conv/Gemm
+            (`slimkit.quant.correction`), measured on up to ``correction_batches`` batches.
+        correction_batches: Calibration batches kept in memory for the bias correction.
+        latency_check: Time the FP32 and INT8 models (ORT CPU, 1 thread) and warn when INT8 is
+            not faster (`QuantResult.latency_ms`); `slim.export_quant_model` then ships FP32.
+        per_channel: Symmetric per-output-channel weight scales (else per-tensor). Models below
+            opset 13 are upgraded to 13 first; if that fails, weights are per-tensor.
         activation_type: ``"uint8"`` (zero-point 0 on non-negative tensors, 128 on signed
             ones; fastest on x86 CPUs) or ``"int8"``. Weights are always int8, symmetric.
         reduce_range: 7-bit weights, for x86 CPUs without VNNI that can saturate in u8s8 dot products.
@@ -48,6 +59,10 @@ class QuantConfig:
     num_levels: int = 128
     percentile: float = 99.99
     clip_outputs: bool = False
+    symmetric_activations: bool = False
+    bias_correction: bool = True
+    correction_batches: int = 10
+    latency_check: bool = True
     per_channel: bool = True
     activation_type: str = "uint8"
     reduce_range: bool = False
@@ -69,6 +84,7 @@ class QuantConfig:
         _check_positive_int("batch_num", self.batch_num)
         _check_positive_int("num_levels", self.num_levels)
         _check_positive_int("ranking_batches", self.ranking_batches)
+        _check_positive_int("correction_batches", self.correction_batches)
         _check_positive_int("opset", self.opset)
         nb = self.num_bins
         if not isinstance(nb, int) or nb < self.num_levels or nb & (nb - 1):

@@ -106,7 +106,6 @@ def _run_exporter(
 ) -> None:
     import torch
 
-    common = dict(input_names=[input_name], output_names=output_names)
     if exporter in ("auto", "torchscript"):
         try:
             with warnings.catch_warnings():
@@ -118,7 +117,8 @@ def _run_exporter(
                     dynamo=False,
                     opset_version=opset,
                     do_constant_folding=True,
-                    **common,
+                    input_names=[input_name],
+                    output_names=output_names,
                 )
             return
         except Exception:
@@ -133,8 +133,11 @@ def _run_exporter(
             opset_version=max(opset, 18),
             optimize=True,
             verbose=False,
-            **common,
+            input_names=[input_name],
+            output_names=output_names,
         )
+    if program is None:
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     program.save(str(path), external_data=False)
 
 

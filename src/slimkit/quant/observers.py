@@ -33,7 +33,10 @@ __all__ = [
     "save_histograms",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+# Values binned per step: bounds the temporaries of `HistogramObserver.update` (|x|, bin indices)
+# to a few MB whatever the tensor size (a 736x736 text detector has 50 MB feature maps).
+_CHUNK = 1 << 20
 
 
 def _next_pow2_above(value: float) -> float:
@@ -45,6 +48,10 @@ def _next_pow2_above(value: float) -> float:
 class HistogramObserver:
     """Streaming histogram of |x| plus min, max and element count of one tensor.
 
+    ``neg_hist`` counts the negative values alone (same bins), so the positive and the negative
+    side can get their own threshold (asymmetric ranges); ``zeros`` counts exact zeros (the ReLU
+    spike, which any range with a zero point represents exactly).
+
     Args:
         num_bins: Number of bins; a power of two.
     """
@@ -54,6 +61,8 @@ class HistogramObserver:
             raise ValueError(f"num_bins must be a power of two >= 2, got {num_bins}")
         self.num_bins = num_bins
         self.hist = np.zeros(num_bins, dtype=np.int64)
+        self.neg_hist = np.zeros(num_bins, dtype=np.int64)
+        self.zeros = 0
         self.upper = 0.0  # 0 until a non-zero value is seen; zeros always fall in bin 0
         self.min = math.inf
         self.max = -math.inf
@@ -91,33 +100,63 @@ class HistogramObserver:
             self._grow(_next_pow2_above(batch_amax))
         if self.upper == 0.0:
             self.hist[0] += values.size
+            self.zeros += int(values.size)
             return
+        for start in range(0, values.size, _CHUNK):
+            self._add(values[start : start + _CHUNK])
+
+    def _add(self, values: np.ndarray) -> None:
+        """Bin one chunk of finite values into `hist`, `neg_hist` and `zeros`."""
         scale = self.num_bins / self.upper  # a power of two: |x| * scale is exact
         if not 2.0**-60 < scale < 2.0**60:
             values = values.astype(np.float64)
-        scale = values.dtype.type(scale)
-        index = (np.abs(values) * scale).astype(np.int64)
+        magnitude = np.abs(values)
+        magnitude *= values.dtype.type(scale)
+        index = magnitude.astype(np.int64)
+        del magnitude
         np.minimum(index, self.num_bins - 1, out=index)
         self.hist += np.bincount(index, minlength=self.num_bins)
+        negative = values < 0
+        if negative.any():
+            self.neg_hist += np.bincount(index[negative], minlength=self.num_bins)
+        self.zeros += int(values.size - np.count_nonzero(values))
 
     def _grow(self, new_upper: float) -> None:
         """Re-bin to ``[0, new_upper)``, ``new_upper / upper`` being a power of two."""
         if self.upper > 0.0:
-            factor = int(round(new_upper / self.upper))
-            merged = self.hist.reshape(-1, min(factor, self.num_bins)).sum(axis=1)
-            self.hist = np.zeros_like(self.hist)
-            self.hist[: merged.size] = merged
+            factor = min(int(round(new_upper / self.upper)), self.num_bins)
+            for name in ("hist", "neg_hist"):
+                merged = getattr(self, name).reshape(-1, factor).sum(axis=1)
+                grown = np.zeros(self.num_bins, dtype=np.int64)
+                grown[: merged.size] = merged
+                setattr(self, name, grown)
         self.upper = new_upper
+
+    @property
+    def pos_hist(self) -> np.ndarray:
+        """Counts of the non-negative values (zeros included, in bin 0)."""
+        return self.hist - self.neg_hist
 
     def state(self) -> dict[str, Any]:
         """Scalars of the observer (JSON-friendly); the histogram is `hist`."""
-        return {"upper": self.upper, "min": self.min, "max": self.max, "count": self.count}
+        return {
+            "upper": self.upper,
+            "min": self.min,
+            "max": self.max,
+            "count": self.count,
+            "zeros": self.zeros,
+        }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], hist: np.ndarray) -> HistogramObserver:
-        """Rebuild an observer from `state` and its histogram."""
+    def from_state(
+        cls, state: dict[str, Any], hist: np.ndarray, neg_hist: np.ndarray | None = None
+    ) -> HistogramObserver:
+        """Rebuild an observer from `state` and its histograms."""
         observer = cls(int(hist.size))
         observer.hist = np.asarray(hist, dtype=np.int64).copy()
+        if neg_hist is not None:
+            observer.neg_hist = np.asarray(neg_hist, dtype=np.int64).copy()
+        observer.zeros = int(state.get("zeros", 0))
         observer.upper = float(state["upper"])
         observer.min, observer.max = float(state["min"]), float(state["max"])
         observer.count = int(state["count"])
@@ -166,7 +205,8 @@ def _augmented_model_bytes(model: onnx.ModelProto, tensors: Sequence[str]) -> by
     for name in tensors:
         if name not in present:
             augmented.graph.output.append(onnx.ValueInfoProto(name=name))
-    return augmented.SerializeToString()
+    data: bytes = augmented.SerializeToString()
+    return data
 
 
 def collect_histograms(
@@ -228,9 +268,11 @@ def save_histograms(
     npz_path, json_path = _cache_paths(cache_dir, key)
     npz_path.parent.mkdir(parents=True, exist_ok=True)
     names = list(observers)
-    stacked = np.stack([observers[n].hist for n in names]) if names else np.zeros((0, 0), np.int64)
+    empty = np.zeros((0, 0), np.int64)
+    stacked = np.stack([observers[n].hist for n in names]) if names else empty
+    negative = np.stack([observers[n].neg_hist for n in names]) if names else empty
     tmp_npz = npz_path.with_name(npz_path.stem + ".tmp.npz")
-    np.savez_compressed(tmp_npz, hist=stacked)
+    np.savez_compressed(tmp_npz, hist=stacked, neg_hist=negative)
     payload = {
         "version": CACHE_VERSION,
         "fingerprint": key,
@@ -256,11 +298,89 @@ def load_histograms(
         if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != key:
             return None
         with np.load(npz_path) as data:
-            stacked = data["hist"]
+            stacked, negative = data["hist"], data["neg_hist"]
     except (OSError, ValueError, KeyError):
         return None
     names = list(meta["tensors"])
     if not set(tensors) <= set(names) or stacked.shape[0] != len(names):
         return None
-    rows = dict(zip(names, stacked, strict=True))
-    return {n: HistogramObserver.from_state(meta["tensors"][n], rows[n]) for n in tensors}
+    rows = dict(zip(names, zip(stacked, negative, strict=True), strict=True))
+    return {n: HistogramObserver.from_state(meta["tensors"][n], *rows[n]) for n in tensors}
+
+
+_FIXED_BOUNDS = {
+    "Sigmoid": (0.0, 1.0),
+    "HardSigmoid": (0.0, 1.0),
+    "Softmax": (0.0, 1.0),
+    "Tanh": (-1.0, 1.0),
+}
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node outputs as arrays."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+                elif attr.name == "value_float":
+                    values[node.output[0]] = np.array(attr.f, dtype=np.float32)
+    return values
+
+
+def _clip_bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> tuple[float, float]:
+    """``(min, max)`` of a Clip node (attributes before opset 11, inputs after); inf if absent."""
+    bounds = [-math.inf, math.inf]
+    for attr in node.attribute:
+        if attr.name in ("min", "max"):
+            bounds[attr.name == "max"] = float(attr.f)
+    for slot, name in enumerate(node.input[1:3]):
+        if name and name in constants and constants[name].size == 1:
+            bounds[slot] = float(constants[name].reshape(()))
+        elif name:
+            bounds[slot] = -math.inf if slot == 0 else math.inf
+    return bounds[0], bounds[1]
+
+
+def _scaled(
+    bounds: tuple[float, float], node: onnx.NodeProto, constants: dict[str, np.ndarray]
+) -> tuple[float, float] | None:
+    """Bounds after ``Mul``/``Div`` by a positive scalar constant, else None."""
+    other = next((constants.get(i) for i in node.input[1:] if i in constants), None)
+    if other is None or other.size != 1 or float(other.reshape(())) <= 0.0:
+        return None
+    factor = float(other.reshape(()))
+    if node.op_type == "Div":
+        factor = 1.0 / factor
+    return bounds[0] * factor, bounds[1] * factor
+
+
+def bounded_tensors(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """Tensors whose range the producing op guarantees, with that range (both ends finite).
+
+    Sigmoid, HardSigmoid and Softmax give ``[0, 1]``, Tanh ``[-1, 1]``, Clip (ReLU6) its constant
+    ``[min, max]``; a ``Mul``/``Div`` of such a tensor (first input) by a positive scalar constant
+    scales it (the ``clip(x + 3, 0, 6) / 6`` of a hard-swish).
+
+    Args:
+        model: An ONNX model (topologically sorted, as onnx requires).
+
+    Returns:
+        ``{tensor: (lo, hi)}``.
+    """
+    constants = _constants(model)
+    bounds: dict[str, tuple[float, float]] = {}
+    for node in model.graph.node:
+        found = None
+        if node.op_type in _FIXED_BOUNDS:
+            found = _FIXED_BOUNDS[node.op_type]
+        elif node.op_type == "Clip":
+            found = _clip_bounds(node, constants)
+        elif node.op_type in ("Mul", "Div") and node.input and node.input[0] in bounds:
+            found = _scaled(bounds[node.input[0]], node, constants)
+        if found is not None and all(math.isfinite(b) for b in found) and found[0] < found[1]:
+            bounds[node.output[0]] = (float(found[0]), float(found[1]))
+    return bounds

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INT8_KERNEL_OPS",
+    "MIN_PER_CHANNEL_OPSET",
+    "upgrade_opset",
     "int8_kernel_ops",
     "ort_calibrate",
     "preprocess",
@@ -72,11 +74,46 @@ def quantizable_op_types() -> list[str]:
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
 
-def preprocess(src: str | Path, dst: str | Path) -> Path:
-    """onnxruntime's ``quant_pre_process``: basic graph optimisation and ONNX shape inference.
+# Per-channel DequantizeLinear (its ``axis`` attribute) exists from opset 13 on.
+MIN_PER_CHANNEL_OPSET = 13
 
-    Symbolic shape inference is skipped (slimkit exports static shapes; it is slow to import).
-    If the optimisation fails, the model is only shape-inferred.
+
+def upgrade_opset(src: str | Path, dst: str | Path) -> int:
+    """Copy ``src`` to ``dst``, converted to opset 13 when it is older (onnx.version_converter).
+
+    Per-channel weight scales need ``DequantizeLinear(axis=...)``, i.e. opset >= 13. When the
+    conversion fails the model is copied unchanged (it is then quantized per tensor).
+
+    Returns:
+        The default-domain opset of the model written.
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(src))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if 0 < opset < MIN_PER_CHANNEL_OPSET:
+        try:
+            converted = version_converter.convert_version(model, MIN_PER_CHANNEL_OPSET)
+            onnx.checker.check_model(converted)
+            model, opset = converted, MIN_PER_CHANNEL_OPSET
+        except Exception as error:  # the converter raises many types
+            log.warning(
+                "could not convert opset %d to %d (%s): weights are quantized per tensor",
+                opset,
+                MIN_PER_CHANNEL_OPSET,
+                error,
+            )
+    onnx.save(model, str(dst))
+    return opset
+
+
+def preprocess(src: str | Path, dst: str | Path) -> Path:
+    """Opset upgrade (`upgrade_opset`), then onnxruntime's ``quant_pre_process``.
+
+    ``quant_pre_process`` does basic graph optimisation and ONNX shape inference. Symbolic shape
+    inference is skipped (slimkit exports static shapes; it is slow to import). If the
+    optimisation fails, the model is only shape-inferred.
 
     Returns:
         ``dst``.
@@ -85,11 +122,14 @@ def preprocess(src: str | Path, dst: str | Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     dst = Path(dst)
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-    except Exception as error:  # onnxruntime raises many types here
-        log.warning("quant_pre_process failed (%s); using ONNX shape inference only", error)
-        onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(src))), str(dst))
+    with tempfile.TemporaryDirectory(prefix="slimkit_pre_") as tmp:
+        upgraded = Path(tmp) / "upgraded.onnx"
+        upgrade_opset(src, upgraded)
+        try:
+            quant_pre_process(str(upgraded), str(dst), skip_symbolic_shape=True)
+        except Exception as error:  # onnxruntime raises many types here
+            log.warning("quant_pre_process failed (%s); using ONNX shape inference only", error)
+            onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(upgraded))), str(dst))
     return dst
 
 
@@ -225,6 +265,7 @@ def write_qdq_model(
         names = _check_quantized(
             staged, fp32_path, kwargs["op_types_to_quantize"], kwargs["nodes_to_exclude"]
         )
+        _check_loads(staged, fp32_path)
         os.replace(staged, out_path)
     return names
 
@@ -278,6 +319,18 @@ def _check_quantized(
     return names
 
 
+def _check_loads(path: Path, fp32_path: str | Path) -> None:
+    """Fail with a clear error (and no file written) when onnxruntime cannot load the INT8 model."""
+    try:
+        make_session(path, threads=1)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise RuntimeError(
+            f"the INT8 model written from {fp32_path} does not load in onnxruntime ({error}); "
+            "nothing was saved. Exclude the node named in the message (QuantConfig.exclude) or "
+            "quantize fewer op types (QuantConfig.op_types)"
+        ) from error
+
+
 def ort_calibrate(
     fp32_path: str | Path,
     feeds: Iterable[dict[str, np.ndarray]],
@@ -306,7 +359,7 @@ def ort_calibrate(
     batch_dims = {i.name: (i.shape[0] if i.shape else None) for i in session.get_inputs()}
     chunks = (chunk for feed in feeds for chunk in split_feed(feed, batch_dims))
 
-    class _Reader(CalibrationDataReader):
+    class _Reader(CalibrationDataReader):  # type: ignore[misc]
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(chunks, None)
 
@@ -319,7 +372,10 @@ def ort_calibrate(
         )
         calibrator.collect_data(_Reader())
         data = calibrator.compute_data()
-    return {name: (float(td.range_value[0]), float(td.range_value[1])) for name, td in data.items()}
+    return {
+        name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1])))
+        for name, td in data.items()
+    }
 
 
 def int8_kernel_ops(path: str | Path, optimize: str = "extended") -> Counter[str]:

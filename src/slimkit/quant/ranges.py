@@ -12,6 +12,7 @@ import numpy as np
 __all__ = [
     "RANGE_ALGOS",
     "activation_range",
+    "kl_candidates",
     "kl_divergences",
     "kl_threshold",
     "minmax_threshold",
@@ -84,10 +85,21 @@ def kl_divergences(hist: np.ndarray, num_levels: int = 128) -> np.ndarray:
         Array of ``len(hist) - num_levels + 1`` divergences, entry ``k`` for candidate
         ``num_levels + k``; empty when the histogram has fewer than ``num_levels`` bins.
     """
+    return kl_candidates(hist, num_levels)[0]
+
+
+def kl_candidates(hist: np.ndarray, num_levels: int = 128) -> tuple[np.ndarray, ...]:
+    """`kl_divergences` plus what the guards of `guarded_kl_threshold` look at, per candidate.
+
+    Returns:
+        ``(kl, clipped_share, occupied_levels)``: the divergences; the share of the (zero-bin
+        neutralised) mass above the candidate; the number of the ``num_levels`` levels that hold
+        kept mass. Empty arrays when the histogram has fewer than ``num_levels`` bins.
+    """
     counts = _zero_bin_neutralised(hist)
     n, levels = counts.size, int(num_levels)
     if n < levels:
-        return np.empty(0)
+        return np.empty(0), np.empty(0), np.empty(0, dtype=np.int64)
     cand = np.arange(levels, n + 1)
     csum = np.concatenate([[0.0], np.cumsum(counts)])
     nzsum = np.concatenate([[0], np.cumsum(counts > 0)])
@@ -98,6 +110,8 @@ def kl_divergences(hist: np.ndarray, num_levels: int = 128) -> np.ndarray:
     bounds = (np.arange(levels + 1)[None, :] * cand[:, None] + levels - 1) // levels
     group_sum = csum[bounds[:, 1:]] - csum[bounds[:, :-1]]
     group_nz = nzsum[bounds[:, 1:]] - nzsum[bounds[:, :-1]]
+    del bounds
+    occupied = np.count_nonzero(group_sum > 0, axis=1)
     safe_sum = np.where(group_sum > 0, group_sum, 1.0)
     sum_plogq = np.where(group_sum > 0, group_sum * np.log(safe_sum / np.maximum(group_nz, 1)), 0.0)
     sum_plogq = sum_plogq.sum(axis=1)
@@ -114,7 +128,8 @@ def kl_divergences(hist: np.ndarray, num_levels: int = 128) -> np.ndarray:
             np.where(kept > 0, kept, 1.0) / total
         )
     invalid = (kept <= 0) | (has_out & (q_last <= 0))
-    return np.where(invalid, np.inf, np.maximum(kl, 0.0))
+    kl = np.where(invalid, np.inf, np.maximum(kl, 0.0))
+    return kl, outliers / total if total > 0 else outliers, occupied
 
 
 def kl_threshold(hist: np.ndarray, bin_edges: np.ndarray, num_levels: int = 128) -> float:

@@ -124,7 +124,8 @@ class OrtModel:
         Returns:
             The outputs, in the model's output order.
         """
-        return self.session.run(None, to_feed(x, self.input_names))
+        outputs: list[np.ndarray] = self.session.run(None, to_feed(x, self.input_names))
+        return outputs
 
     def __repr__(self) -> str:
         return f"OrtModel({str(self.path)!r}, inputs={dict(zip(self.input_names, self.input_shapes, strict=True))})"
