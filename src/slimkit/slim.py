@@ -99,23 +99,29 @@ def visualize(
 
 
 def prune(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike[str] | BaseTask,
     ratios: float | dict[str, float],
     save_dir: str | os.PathLike,
     criterion: str = "l1",
     round_to: int | None = 8,
+    verify: bool = False,
 ) -> BaseTask:
     """Prune a saved model (uniform ratio or ``{group: ratio}``), log params/FLOPs, save it.
 
-    The same path as ``train(sensitivities_file=...)``: :meth:`BaseTask.prune`.
+    ``model_dir`` may also be a task object (e.g. a model defined outside slimkit, see
+    :mod:`slimkit.models.external`). The same path as ``train(sensitivities_file=...)``:
+    :meth:`BaseTask.prune`; ``verify=True`` fails on a mismatch with the masked original.
     """
-    if Path(save_dir).resolve() == Path(model_dir).resolve():
-        raise ValueError(
-            "--save-dir must differ from the model directory (it would be overwritten)"
-        )
-    model = load_model(model_dir)
+    if isinstance(model_dir, BaseTask):
+        model = model_dir
+    else:
+        if Path(save_dir).resolve() == Path(model_dir).resolve():
+            raise ValueError(
+                "--save-dir must differ from the model directory (it would be overwritten)"
+            )
+        model = load_model(model_dir)
     _require_net(model, "prune")
-    model.prune(ratios, criterion=criterion, round_to=round_to)
+    model.prune(ratios, criterion=criterion, round_to=round_to, verify=verify)
     model.save(save_dir)
     return model
 

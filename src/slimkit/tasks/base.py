@@ -229,6 +229,7 @@ class BaseTask:
         criterion: str = "l1",
         round_to: int | None = 8,
         log_fn: Callable[[str], None] = log,
+        verify: bool = False,
     ) -> float | dict[str, float]:
         """Physically prune ``net`` (keeping the most important channels); status becomes Prune.
 
@@ -252,6 +253,8 @@ class BaseTask:
             round_to: Kept channels of each group rounded up to a multiple of this (None: exact);
                 odd channel counts can run slower than the original (README, "Round pruned ...").
             log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
+            verify: Raise if a pruned group differs from the original with the same channels
+                zeroed (else such groups are left unpruned with a warning); ratios only.
 
         Returns:
             The ratios applied (for ``sensitivities_file``, the chosen ``{group: ratio}``).
@@ -270,7 +273,7 @@ class BaseTask:
                 raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
             assert ratios is not None
             self.net, self.prune_plan, summary = prune_net(
-                self.net, ratios, x, self.prune_plan, criterion, round_to
+                self.net, ratios, x, self.prune_plan, criterion, round_to, verify
             )
             self.status = "Prune"
             what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"

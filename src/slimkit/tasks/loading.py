@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from slimkit.models.external import is_model_def, register_model_def
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
 from slimkit.tasks.factory import task_class
@@ -19,6 +20,8 @@ def build_task(info: dict[str, Any]) -> BaseTask:
     generic task constructor so that every saved argument is restored; missing ``mean``/``std``
     come from the architecture's spec.
     """
+    if is_model_def(str(info["architecture"])):  # a model defined outside slimkit
+        register_model_def(info["architecture"], info["task"], info["input_size"])
     generic = task_class(info["task"])
     obj = object.__new__(task_class(info["task"], info.get("model_class")))
     generic.__init__(

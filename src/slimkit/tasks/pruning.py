@@ -121,15 +121,25 @@ def prune_counted(
     previous_plan: Any,
     criterion: str,
     round_to: int | None,
+    verify: bool = False,
 ) -> tuple[nn.Module, Any, tuple[int, int], tuple[int, int]]:
-    """Pruned net, composed plan, and (params, FLOPs) before and after."""
+    """Pruned net, composed plan, and (params, FLOPs) before and after.
+
+    ``verify=True`` makes a mismatch with the masked original an error (see ``prune_model``).
+    """
     from slimkit.prune import compose_plans, prune_model  # heavy, see above
     from slimkit.prune.counting import count_flops, count_params
 
     before = count_params(net), count_flops(net, example_inputs)
     requested = dict(ratios) if isinstance(ratios, Mapping) else ratios
     pruned, plan = prune_model(
-        net, requested, example_inputs, criterion=criterion, round_to=round_to, return_plan=True
+        net,
+        requested,
+        example_inputs,
+        criterion=criterion,
+        round_to=round_to,
+        return_plan=True,
+        verify=verify,
     )
     if previous_plan is not None:
         plan = compose_plans(previous_plan, plan)
@@ -153,8 +163,11 @@ def prune_net(
     previous_plan: Any = None,
     criterion: str = "l1",
     round_to: int | None = 8,
+    verify: bool = False,
 ) -> tuple[nn.Module, Any, str]:
     """Physically prune ``net``; a net pruned before keeps both plans, applied in order.
+
+    ``verify=True`` makes a mismatch with the masked original an error (see ``prune_model``).
 
     Returns:
         The pruned net, its plan (composed with ``previous_plan``) and a one-line summary of
