@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.prune.ratios import get_ratios_by_loss, load_sensitivities, merge_sensitivities
+from slimkit.prune.ratios import get_ratios_by_loss
 from slimkit.prune.sensitivity import analyze_sensitivity
+from slimkit.prune.sensitivity_file import load_sensitivities, merge_sensitivities
 
 RATIOS = (0.25, 0.5, 0.75)
 

@@ -14,7 +14,7 @@ from .plan import load_plan as load_plan
 from .plan import save_plan as save_plan
 from .pruner import prune_model as prune_model
 from .ratios import get_ratios_by_loss as get_ratios_by_loss
-from .ratios import load_sensitivities as load_sensitivities
-from .ratios import merge_sensitivities as merge_sensitivities
 from .ratios import ratios_for_flops as ratios_for_flops
 from .sensitivity import analyze_sensitivity as analyze_sensitivity
+from .sensitivity_file import load_sensitivities as load_sensitivities
+from .sensitivity_file import merge_sensitivities as merge_sensitivities
