@@ -17,10 +17,11 @@ channel slices; slimkit checks each operation a prunable group passes through an
 from __future__ import annotations
 
 import bisect
+import contextlib
 import difflib
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,6 +179,40 @@ class GroupSet:
                 for i in item.idxs:
                     split.sizes[bisect.bisect_right(offsets, i) - 1] -= 1
                 _map_split(item.dep.target, split)
+
+    @contextlib.contextmanager
+    def pruned(self, name: str, drop: Sequence[int]) -> Iterator[nn.Module]:
+        """``self.module`` with the root channels ``drop`` of group ``name`` removed in place,
+        for a ``with`` block only: each layer gets what :meth:`prune` would give it, then its own
+        tensors and settings back. The graph is never changed, so one trace serves any number of
+        variants (the sensitivity analysis prunes every point this way)."""
+        group = self.get(name)
+        pruner = self._dg.get_pruner_of_module(group.root)
+        tp_group = self._dg.get_pruning_group(group.root, pruner.prune_out_channels, list(drop))
+        saved: dict[int, tuple[Any, dict[str, Any]]] = {}
+        params: list[tuple[nn.Module, str, nn.Parameter]] = []
+        try:
+            for item in tp_group.items if drop else ():
+                node = item.dep.target
+                if node.type == _OPT.PARAMETER:  # a bare parameter: set the pruned one on its owner
+                    owner, _, attr = self._dg._param_to_name[node.module].rpartition(".")
+                    params.append((self.module.get_submodule(owner), attr, node.module))
+                    setattr(params[-1][0], attr, item.dep(item.idxs))
+                elif node.type not in _OP_TYPES and node.type != _OPT.OUTPUT:
+                    layer = node.module  # keep what pruning rebinds: attributes, tensor tables
+                    tables = {
+                        "_parameters": dict(layer._parameters),
+                        "_buffers": dict(layer._buffers),
+                    }
+                    saved.setdefault(id(layer), (layer, {**vars(layer), **tables}))
+                    item.dep(item.idxs)
+            yield self.module
+        finally:
+            for module, state in saved.values():
+                module.__dict__.clear()
+                module.__dict__.update(state)
+            for owner_module, attr, param in reversed(params):
+                setattr(owner_module, attr, param)
 
     def verify(self) -> None:
         """Check that the module still runs on the example inputs with unchanged output shapes.

@@ -16,7 +16,7 @@ from torch import nn
 from .counting import count_macs, count_params
 from .groups import ExampleInputs, IgnoreSpec
 from .pruner import prune_model
-from .sensitivity_file import as_sensitivities, load_sensitivities
+from .sensitivity_file import as_sensitivities, check_criterion, load_sensitivities
 
 __all__ = ["BudgetPruning", "get_ratios_by_loss", "ratios_for_flops"]
 
@@ -34,7 +34,16 @@ def _largest_ratio(losses: dict[float, float | None], budget: float) -> float | 
     return None
 
 
-def get_ratios_by_loss(sensitivities: Any, eval_metric_loss: float) -> dict[str, float]:
+def _record(sensitivities: Any) -> Any:
+    """A path loaded into its record; anything else as given."""
+    if isinstance(sensitivities, (str, os.PathLike)):
+        return load_sensitivities(sensitivities)
+    return sensitivities
+
+
+def get_ratios_by_loss(
+    sensitivities: Any, eval_metric_loss: float, *, criterion: str | Any | None = None
+) -> dict[str, float]:
     """Per group, the largest pruning ratio whose relative loss stays within the budget.
 
     As PaddleSlim: the largest measured ratio with ``loss <= eval_metric_loss`` is found; if a
@@ -49,9 +58,16 @@ def get_ratios_by_loss(sensitivities: Any, eval_metric_loss: float) -> dict[str,
         sensitivities: ``{group: {ratio: loss}}``, a record from :func:`load_sensitivities` or
             :func:`merge_sensitivities`, or the path of a sensitivity file.
         eval_metric_loss: The relative loss budget, e.g. ``0.05``.
+        criterion: The criterion the ratios will be pruned with; a record (or file) analysed
+            with another one is an error. ``None``: not checked.
 
     Returns:
         ``{group: ratio}`` for the groups that can be pruned within the budget.
+
+    Raises:
+        TypeError: ``sensitivities`` or ``eval_metric_loss`` has the wrong type.
+        ValueError: A negative or non-finite budget, a value the sensitivities cannot hold
+            (NaN, a ratio outside (0, 1), ...), or another criterion than the record's.
     """
     if isinstance(eval_metric_loss, bool) or not isinstance(eval_metric_loss, (int, float)):
         raise TypeError(f"eval_metric_loss must be a number such as 0.05, got {eval_metric_loss!r}")
@@ -59,6 +75,9 @@ def get_ratios_by_loss(sensitivities: Any, eval_metric_loss: float) -> dict[str,
         raise ValueError(
             f"eval_metric_loss must be a finite value >= 0 such as 0.05, got {eval_metric_loss}"
         )
+    sensitivities = _record(sensitivities)
+    if criterion is not None and isinstance(sensitivities, dict):
+        check_criterion(sensitivities, criterion)
     ratios = {}
     for group, losses in as_sensitivities(sensitivities).items():
         ratio = _largest_ratio(losses, float(eval_metric_loss))
@@ -83,11 +102,13 @@ class BudgetPruning:
         ignore: IgnoreSpec = (),
         criterion: str | None = None,
     ) -> None:
-        """Args as for :func:`ratios_for_flops`; ``criterion=None``: the record's, else ``"l1"``."""
-        if isinstance(sensitivities, (str, os.PathLike)):
-            sensitivities = load_sensitivities(sensitivities)
-        if criterion is None and isinstance(sensitivities, dict):
-            criterion = sensitivities.get("criterion") if "format" in sensitivities else None
+        """Args as for :func:`ratios_for_flops`; ``criterion=None``: the record's, else ``"l1"``;
+        another criterion than the record's is a ``ValueError``."""
+        sensitivities = _record(sensitivities)
+        if isinstance(sensitivities, dict) and "format" in sensitivities:
+            if criterion is None:
+                criterion = sensitivities.get("criterion")
+            check_criterion(sensitivities, criterion)
         self.criterion = criterion or "l1"
         self.losses = as_sensitivities(sensitivities)
         self.model, self.example_inputs, self.ignore = model, example_inputs, ignore
@@ -133,7 +154,8 @@ def ratios_for_flops(
         example_inputs: Inputs to trace the model and count MACs.
         pruned_flops: Fraction of FLOPs to remove, in (0, 1).
         ignore: As for ``prune_model``.
-        criterion: As for ``prune_model``; default: the record's criterion, else ``"l1"``.
+        criterion: As for ``prune_model``; default: the record's criterion, else ``"l1"``
+            (another one than the record's is an error).
         tolerance: Accepted absolute difference between achieved and asked reduction.
         max_iters: Most bisection steps.
 

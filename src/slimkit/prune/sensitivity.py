@@ -17,8 +17,11 @@ atomically after every point so that an interrupted analysis resumes where it st
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,18 +32,21 @@ from tqdm import tqdm
 
 from slimkit._utils import eval_mode
 
-from ._replay import ActivationCache, full_metric, to_device
+from ._cache import ActivationCache
+from ._replay import full_metric, to_device
 from .criteria import get_criterion
-from .groups import GroupSet, channel_groups
+from .groups import GroupSet, IgnoreSpec, channel_groups
 from .pruner import prune_model, select_channels
 from .sensitivity_file import (
     Sensitivities,
     check_baseline,
     is_capped,
     is_pending,
+    locked,
     new_record,
     ratio_key,
     resume_record,
+    save_shared,
     weights_fingerprint,
     write_sensitivities,
 )
@@ -58,7 +64,7 @@ class _PlainEvaluator:
         with torch.inference_mode():
             self.baseline = float(evaluate(module))
 
-    def order_groups(self, members: dict[str, list[str]]) -> list[str]:
+    def order_groups(self, members: dict[str, list[str]], points: dict[str, int]) -> list[str]:
         return list(members)
 
     def evaluate(self, pruned: nn.Module, group: str) -> float:
@@ -95,33 +101,60 @@ def _select_groups(
 
 
 # ------------------------------------------------------------------------------------ analysis
-class _StepPruner:
-    """One group's pruned copy, pruned further for each larger ratio, from a single trace.
+class _Variants:
+    """Every (group, ratio) model of the fast path from one trace of one copy of the module.
 
-    ``prune_model(module, {group: ratio})`` deep-copies and traces the model at every point. The
-    channels it drops at a larger ratio include those it drops at a smaller one (same scores from
-    the original weights, same selection rule), so pruning one traced copy step by step yields the
-    same model at every ratio, at the cost of one trace per group.
+    :meth:`pruned` prunes the copy in place for a ``with`` block (``GroupSet.pruned``): the layers
+    get what ``prune_model(module, {group: ratio})`` gives them, without a copy or a trace per
+    point; :meth:`key` says which channels go, so that a ratio that drops no more channels than the
+    previous one is not evaluated again.
     """
 
     def __init__(
-        self, module: nn.Module, example_inputs: Any, ignore: Any, criterion: Any, group: str
+        self, module: nn.Module, example_inputs: Any, ignore: IgnoreSpec, criterion: Any
     ) -> None:
-        self.model = copy.deepcopy(module).eval()
-        self.groups = GroupSet(self.model, example_inputs, ignore)
-        self.group = self.groups.get(group)
-        self.scores = get_criterion(criterion)[1](self.group)
-        self.alive = list(range(self.group.num_channels))  # original indices still present
+        self.template = copy.deepcopy(module).eval()
+        self._set = GroupSet(self.template, example_inputs, ignore)
+        self.groups = self._set.groups
+        self._name, self._score = get_criterion(criterion)
+        self._scores: dict[str, torch.Tensor] = {}
 
-    def at(self, ratio: float) -> tuple[nn.Module, bool]:
-        """The model with ``ratio`` of the group's channels pruned (ratios must increase), and
-        whether it is the same as for the previous ratio (no further channel removed)."""
-        kept = set(select_channels(self.scores, ratio, self.group.ties))
-        assert kept <= set(self.alive), "channel selections must be nested"
-        drop = [i for i, c in enumerate(self.alive) if c not in kept]
-        self.groups.prune(self.group.name, drop)
-        self.alive = [c for c in self.alive if c in kept]
-        return self.model, not drop
+    def key(self, group: str, ratio: float) -> tuple[int, ...]:
+        """The root channels ``prune_model`` drops from ``group`` at ``ratio``."""
+        found = self.groups[group]
+        if group not in self._scores:  # scored on the unpruned weights, as prune_model does
+            scores = self._score(found)
+            if tuple(scores.shape) != (found.num_channels,):
+                raise ValueError(
+                    f"criterion {self._name!r} returned shape {tuple(scores.shape)} for group "
+                    f"{group!r}; expected ({found.num_channels},)"
+                )
+            self._scores[group] = scores
+        kept = set(select_channels(self._scores[group], ratio, found.ties))
+        return tuple(i for i in range(found.num_channels) if i not in kept)
+
+    def pruned(self, group: str, ratio: float) -> contextlib.AbstractContextManager[nn.Module]:
+        return self._set.pruned(group, self.key(group, ratio))
+
+
+class _Copies:
+    """The reference loop's models: ``prune_model(module, {group: ratio})`` for every point."""
+
+    def __init__(
+        self, module: nn.Module, example_inputs: Any, ignore: IgnoreSpec, criterion: Any
+    ) -> None:
+        self.module, self.example_inputs = module, example_inputs
+        self.ignore, self.criterion = ignore, criterion
+        self.groups = {g.name: g for g in channel_groups(module, example_inputs, ignore)}
+
+    def key(self, group: str, ratio: float) -> tuple[str, float]:
+        return group, ratio  # never the same: every point is evaluated
+
+    def pruned(self, group: str, ratio: float) -> contextlib.AbstractContextManager[nn.Module]:
+        model = prune_model(
+            self.module, {group: ratio}, self.example_inputs, self.ignore, self.criterion
+        )
+        return contextlib.nullcontext(model.eval())
 
 
 def _check_sources(data: Any, metric: Any, eval_fn: Any, example_inputs: Any) -> Any:
@@ -159,31 +192,82 @@ def _measure(
     members: dict[str, list[str]],
     grid: list[float],
     evaluator: _PlainEvaluator | ActivationCache,
-    pruner: Callable[[str], Callable[[float], tuple[nn.Module, bool]]],
+    pruner: _Variants | _Copies,
     loss_cap: float,
     path: Path | None,
     progress: bool,
 ) -> None:
     """Evaluate every pending point of the groups (``{name: member layer names}``), saving each."""
-    sens = record["sensitivities"]
-    pending = {g: [r for r in grid if is_pending(sens.get(g, {}), r, loss_cap)] for g in members}
-    order = evaluator.order_groups({g: names for g, names in members.items() if pending[g]})
+    sens, failed = record["sensitivities"], record["unprunable"]
+    pending = {
+        g: [] if g in failed else [r for r in grid if is_pending(sens.get(g, {}), r, loss_cap)]
+        for g in members
+    }
+    order = evaluator.order_groups(
+        {g: names for g, names in members.items() if pending[g]},
+        {g: len(p) for g, p in pending.items()},
+    )
     total = sum(len(pending[g]) for g in order)
+
+    def save() -> None:
+        if path is not None:
+            save_shared(path, record)  # takes in what other workers wrote meanwhile
+
     with tqdm(total=total, desc="sensitivity", unit="point", disable=not progress) as bar:
         for group in order:
-            losses, pruned_at, value = sens.setdefault(group, {}), pruner(group), None
-            for ratio in pending[group]:
+            losses, last = sens.setdefault(group, {}), (None, math.nan)
+            for done, ratio in enumerate(pending[group]):
                 bar.set_postfix_str(f"{group} @ {ratio_key(ratio)}", refresh=False)
-                if is_capped(losses, ratio, loss_cap):
+                if group in failed or not is_pending(losses, ratio, loss_cap):
+                    pass  # another worker on the same file measured it meanwhile
+                elif is_capped(losses, ratio, loss_cap):
                     losses[ratio] = None
                 else:
-                    model, same = pruned_at(ratio)  # same: no channel more than the last ratio
-                    if not same or value is None:
-                        value = evaluator.evaluate(model, group)
-                    losses[ratio] = (record["baseline"] - value) / record["baseline"]
-                if path is not None:
-                    write_sensitivities(path, record)
+                    try:
+                        last = _point(evaluator, pruner, group, ratio, last)
+                    except _Unprunable as err:
+                        _give_up(record, group, str(err))
+                        save()
+                        bar.update(len(pending[group]) - done)
+                        break
+                    losses[ratio] = (record["baseline"] - last[1]) / record["baseline"]
+                save()
                 bar.update(1)
+
+
+class _Unprunable(Exception):
+    """A group's pruned model could not be built or run; the message says why."""
+
+
+def _point(
+    evaluator: _PlainEvaluator | ActivationCache,
+    pruner: _Variants | _Copies,
+    group: str,
+    ratio: float,
+    last: tuple[Any, float],
+) -> tuple[Any, float]:
+    """``(key, metric)`` of one point; the last point's metric when no more channels go."""
+    try:
+        key = pruner.key(group, ratio)
+        if key == last[0]:
+            return last
+        with pruner.pruned(group, ratio) as model:
+            return key, evaluator.evaluate(model, group)
+    except torch.OutOfMemoryError:
+        raise  # not the group's fault: resuming later measures it
+    except Exception as err:  # noqa: BLE001 - any failure of the pruned model marks the group
+        raise _Unprunable(f"at ratio {ratio_key(ratio)}: {type(err).__name__}: {err}") from err
+
+
+def _give_up(record: dict[str, Any], group: str, reason: str) -> None:
+    """Record ``group`` as unprunable (its points are dropped) and warn."""
+    record["sensitivities"].pop(group, None)
+    record["unprunable"][group] = reason
+    warnings.warn(
+        f"group {group!r} is left out of the sensitivities: its pruned model fails ({reason}); "
+        "it is recorded as unprunable in the file and never pruned by the ratios chosen from it",
+        stacklevel=4,
+    )
 
 
 def analyze_sensitivity(
@@ -255,17 +339,11 @@ def analyze_sensitivity(
     device = None if param is None else param.device
     example_inputs = to_device(_check_sources(data, metric, eval_fn, example_inputs), device)
     path = None if save_file is None else Path(save_file)
-
-    def pruner(group: str) -> Callable[[float], tuple[nn.Module, bool]]:
-        if fast:
-            return _StepPruner(module, example_inputs, ignore, criterion, group).at
-        kw = {"ignore": ignore, "criterion": criterion}
-        return lambda r: (prune_model(module, {group: r}, example_inputs, **kw).eval(), False)
-
     with eval_mode(module):
-        found = channel_groups(module, example_inputs, ignore)
-        names = _select_groups([g.name for g in found], groups, shard)
-        members = {g.name: [m.name for m in g.members] for g in found if g.name in names}
+        kind = _Variants if fast else _Copies
+        pruner = kind(module, example_inputs, ignore, criterion)
+        names = _select_groups(list(pruner.groups), groups, shard)
+        members = {g: [m.name for m in pruner.groups[g].members] for g in names}
         arch = architecture or type(module).__name__
         record = new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
         if path is not None and path.exists() and not restart:
@@ -277,5 +355,10 @@ def analyze_sensitivity(
         else:
             evaluator = ActivationCache(module, data, metric, device, int(cache_memory_mb * 2**20))
         check_baseline(record, evaluator.baseline, path)
+        if path is not None and restart:
+            with locked(path):
+                write_sensitivities(path, record)  # the old file goes, whatever it held
+        elif path is not None:
+            save_shared(path, record)  # with what other workers on this file wrote so far
         _measure(record, members, grid, evaluator, pruner, loss_cap, path, progress)
-    return {g: dict(record["sensitivities"][g]) for g in members}
+    return {g: dict(record["sensitivities"][g]) for g in members if g in record["sensitivities"]}

@@ -1,0 +1,408 @@
+"""The activation cache of the sensitivity analysis's fast path (:class:`ActivationCache`).
+
+With ``data`` + ``metric``, the part of the forward pass that runs before a pruned group's first
+member layer does not depend on the pruning: the outputs of those submodules are computed once for
+the whole validation set and replayed for every pruned model. Only modules executed once per
+forward are replayed; only the tensors that later code reads are kept (found by tracing one batch
+with a ``TorchFunctionMode``); one-batch comparisons with full runs guard every step.
+
+Two choices are made by measurement rather than fixed: whether moving the cache to a later cut
+saves more than it costs (from the per-module times of the first batch), and whether batches are
+merged into larger ones (only when the merged outputs equal the separate ones bit for bit and the
+merged forward is faster on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._replay import (
+    Entry,
+    ReadTracker,
+    Replay,
+    Stop,
+    ancestors,
+    batch_size,
+    call,
+    clone_tree,
+    freeze,
+    full_outputs,
+    keyed_leaves,
+    merge_batches,
+    nbytes,
+    recording,
+    replaying,
+    same_outputs,
+    split_batches,
+    to_device,
+)
+
+__all__ = ["ActivationCache"]
+
+MERGE_SAMPLES = 256  # most samples in one merged batch
+MERGE_ACTIVATION_BYTES = 32 * 2**20  # most bytes of the largest module output of a merged batch
+MERGE_CHECK_SHARE = 0.02  # most share of the planned work the merge check may cost
+MERGE_MIN_SPEEDUP = 0.9  # merged batches must take at most this share of the separate time
+LEVEL_FORWARDS = 3  # one-batch forward passes that building a cache level costs besides the segment
+
+
+@dataclass
+class _Chunk:
+    """Consecutive user batches evaluated as one, and their entry at the current cache level."""
+
+    first: int  # index of its first user batch
+    sizes: list[int]  # the sizes of its user batches (one: not merged)
+    entry: Entry
+
+
+class ActivationCache:
+    """Evaluates pruned models, replaying what runs before their group's first member layer.
+
+    Execution order comes from forward hooks on the first batch: ``order[name] = [start, end,
+    calls]`` in hook events, with the time of every event in ``clock``. The *cut* of a group is the
+    start of the first executed module (or executed ancestor) among its member layers. A submodule
+    executed once that ends before the cut cannot depend on the pruning: the cache holds the outputs
+    of the maximal such submodules (the *level* of that cut) for every batch, up to ``cap_bytes``
+    (later batches run in full). Levels only move forward: groups come sorted by cut, and each level
+    is built from the previous one, stopping the forward pass at the cut. ``evaluate`` takes the
+    model already pruned in place (``GroupSet.pruned``).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        data: Iterable[Any],
+        metric: Callable[..., float],
+        device: Any,
+        cap_bytes: int,
+    ) -> None:
+        self.module, self.data, self.metric, self.device = module, data, metric, device
+        self.cap_bytes = cap_bytes
+        self.order: dict[str, list[int]] = {}
+        self.clock: list[float] = []
+        self.largest = 0  # bytes of the largest module output of batch 0
+        self.sizes: list[int] = []
+        self.batch_times: list[float] = []
+        self.targets: list[Any] = []
+        self.chunks: list[_Chunk] = []
+        self.cut: float = 0.0  # the current level: the cut whose prefix is cached
+        self.names: list[str] = []  # the submodules replayed at this level
+        self.failed: set[float] = set()  # cuts whose level could not be built
+        self.cuts: dict[str, float] = {}
+        self.remaining: dict[str, int] = {}
+        self.checked: set[str] = set()
+        self.uncached: set[str] = set()
+        self.merged = False
+        with torch.inference_mode():
+            self.baseline = self._first_pass()
+        self.probe = Entry(self.inputs0, {})  # batch 0 at the current level
+
+    # ------------------------------------------------------------------------------- first pass
+    def _first_pass(self) -> float:
+        """Baseline metric; records execution order and times, keeps the inputs as level 0."""
+        outputs, used = [], 0
+        with self._timing_batch0() as done:
+            for i, (inputs, target) in enumerate(self.data):
+                inputs = to_device(inputs, self.device)
+                start = time.perf_counter()
+                out = call(self.module, inputs)
+                self.batch_times.append(time.perf_counter() - start)
+                if i == 0:
+                    done()
+                    self.inputs0, self.output0 = clone_tree(inputs), clone_tree(out)
+                used += nbytes(inputs)
+                if used <= self.cap_bytes and len(self.chunks) == i:
+                    self.chunks.append(_Chunk(i, [batch_size(inputs) or 1], Entry(inputs, {})))
+                self.sizes.append(batch_size(inputs) or 1)
+                outputs.append(out)
+                self.targets.append(target)
+        if not outputs:
+            raise ValueError(
+                "data yielded no batches; pass a non-empty re-iterable of (inputs, targets)"
+            )
+        firsts = _leading(outputs, self.sizes, MERGE_SAMPLES)
+        self.first_outputs = clone_tree(firsts)  # for the merge check (the metric may alter them)
+        return float(self.metric(outputs, self.targets))
+
+    @contextlib.contextmanager
+    def _timing_batch0(self) -> Iterator[Callable[[], None]]:
+        """Hooks on every submodule noting order, times and output sizes; call the yielded
+        function to remove them (after the first batch)."""
+        hooks = []
+
+        def pre(name: str, _m: nn.Module, _a: Any) -> None:
+            self.order.setdefault(name, [len(self.clock), -1, 0])[2] += 1
+            self.clock.append(time.perf_counter())
+
+        def post(name: str, _m: nn.Module, _a: Any, output: Any) -> None:
+            self.order[name][1] = len(self.clock)
+            self.clock.append(time.perf_counter())
+            self.largest = max(self.largest, nbytes(output))
+
+        def done() -> None:
+            for handle in hooks:
+                handle.remove()
+
+        for name, sub in self.module.named_modules():
+            hooks.append(sub.register_forward_pre_hook(functools.partial(pre, name)))
+            hooks.append(sub.register_forward_hook(functools.partial(post, name)))
+        try:
+            yield done
+        finally:
+            done()
+
+    # ------------------------------------------------------------------------------- planning
+    def order_groups(self, members: dict[str, list[str]], points: dict[str, int]) -> list[str]:
+        """Groups sorted by cut, so that levels are shared; ``points``: evaluations planned."""
+        self.cuts = {g: min(map(self._start, names), default=0.0) for g, names in members.items()}
+        self.remaining = {g: points.get(g, 0) for g in members}
+        work = sum(n * (1 - self._prefix(self.cuts[g])) for g, n in self.remaining.items())
+        with torch.inference_mode():
+            self._merge(work * sum(self.batch_times))
+        return sorted(members, key=lambda g: (self.cuts[g], g))
+
+    def _start(self, name: str) -> float:
+        """Start event of the module, or of its nearest executed ancestor (which may use it)."""
+        while name and name not in self.order:
+            name = name.rpartition(".")[0]
+        return self.order[name][0] if name in self.order else 0.0
+
+    def _prefix(self, cut: float) -> float:
+        """Fraction of the first batch's forward time spent before event ``cut``."""
+        if not self.clock or cut >= len(self.clock):
+            return 1.0
+        total = self.clock[-1] - self.clock[0]
+        return (self.clock[int(cut)] - self.clock[0]) / total if total > 0 else 0.0
+
+    def _merge(self, work_seconds: float) -> None:
+        """Merge cached batches into larger ones when that is exact and faster here."""
+        size = max(self.sizes[0], 1)
+        k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
+        k = min(k, len(self.chunks), len(self.first_outputs))
+        per_sample = statistics.median(
+            t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
+        )
+        check = 2 * per_sample * sum(self.sizes[:k])
+        if k < 2 or check > MERGE_CHECK_SHARE * work_seconds:
+            return
+        merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
+        if merged is None:
+            return
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            out = call(self.module, merged)
+            times.append(time.perf_counter() - start)
+            parts = split_batches(out, self.sizes[:k])
+            if parts is None or not all(map(same_outputs, parts, self.first_outputs[:k])):
+                return
+            if times[-1] < MERGE_MIN_SPEEDUP * per_sample * sum(self.sizes[:k]):
+                break
+        else:
+            return
+        self._merge_chunks(k)
+
+    def _merge_chunks(self, k: int) -> None:
+        chunks = []
+        for j in range(0, len(self.chunks), k):
+            part = self.chunks[j : j + k]
+            merged = merge_batches([c.entry.inputs for c in part]) if len(part) > 1 else None
+            if merged is None and len(part) > 1:
+                return  # leave every batch as it is
+            sizes = [s for c in part for s in c.sizes]
+            chunks.append(
+                _Chunk(
+                    part[0].first, sizes, Entry(merged, {}) if merged is not None else part[0].entry
+                )
+            )
+        self.chunks, self.merged = chunks, True
+        self.first_outputs = []
+
+    def _pays(self, cut: float) -> bool:
+        """Whether moving the cache to ``cut`` saves more than building the level costs."""
+        gained = self._prefix(cut) - self._prefix(self.cut)
+        cached = sum(self.batch_times[: self._covered()])
+        evals = 1 + sum(n for g, n in self.remaining.items() if self.cuts.get(g, 0) >= cut)
+        cost = gained * cached + LEVEL_FORWARDS * statistics.median(self.batch_times)
+        return gained * cached * evals > cost
+
+    # ---------------------------------------------------------------------------------- levels
+    def _covered(self) -> int:
+        return sum(len(c.sizes) for c in self.chunks)
+
+    def _batches(self) -> Iterator[tuple[int, list[int], Entry]]:
+        """Every batch: cached chunks, then past the cap raw inputs (read again from ``data``)."""
+        for c in self.chunks:
+            yield c.first, c.sizes, c.entry
+        covered = self._covered()
+        if covered < len(self.sizes):
+            for i, (inputs, _) in enumerate(self.data):
+                if i >= covered:
+                    yield i, [self.sizes[i]], Entry(to_device(inputs, self.device), None)
+
+    def _replaceable(self, cut: float) -> list[str]:
+        """The outermost submodules run once that end before ``cut``."""
+        ok = {n for n, (_, end, calls) in self.order.items() if n and calls == 1 and end < cut}
+        return sorted(n for n in ok if not any(a in ok for a in ancestors(n)))
+
+    def _needed(self, names: list[str], stop: str) -> tuple[set[tuple[str, int]], Entry] | None:
+        """Leaves of the inputs and of the outputs of ``names`` read after those modules (batch
+        0), and batch 0's entry at that level; ``None`` if replaying only those leaves does not
+        reproduce the full output."""
+        state = Replay()  # batch 0 through the current level, up to the new cut
+        state.entry = self.probe
+        with (
+            replaying(self.module, self.names, state),
+            recording(self.module, names, stop) as rec0,
+            contextlib.suppress(Stop),
+        ):
+            call(self.module, state.inputs())
+        if any(n not in rec0 for n in names):
+            return None
+        inputs, outs = clone_tree((self.inputs0, rec0))  # the trace may alter them
+        watched = {id(t): key for key, t in keyed_leaves("", inputs)}
+        watched.update({id(t): key for n in names for key, t in keyed_leaves(n, outs[n])})
+        state, tracker = Replay(clone=False), ReadTracker(watched)
+        state.entry = Entry(inputs, outs)
+        with replaying(self.module, names, state), tracker:
+            out = call(self.module, inputs)
+        needed = tracker.read | {
+            watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in watched
+        }
+        probe = Entry(
+            freeze("", self.inputs0, needed), {n: freeze(n, rec0[n], needed) for n in names}
+        )
+        state = Replay()
+        state.entry = probe
+        try:
+            with replaying(self.module, names, state):
+                same = same_outputs(call(self.module, state.inputs()), self.output0)
+        except Exception:  # a placeholder was used after all: do not cache at this level
+            return None
+        return (needed, probe) if same else None
+
+    def _advance(self, cut: float) -> None:
+        """Move the cache to the level of ``cut`` when that is safe and pays."""
+        if cut <= self.cut or cut in self.failed or not self._pays(cut):
+            return
+        names = self._replaceable(cut)
+        stop = next(n for n, (start, _, _) in self.order.items() if start == cut)
+        found = self._needed(names, stop)
+        if found is None:
+            self.failed.add(cut)
+            warnings.warn(
+                f"cannot replay the modules before {stop!r}; evaluating more of the model",
+                stacklevel=3,
+            )
+            return
+        needed, probe = found
+        state, chunks, used = Replay(), [], 0
+        with (
+            replaying(self.module, self.names, state),
+            recording(self.module, names, stop) as store,
+        ):
+            for first, sizes, entry in self._batches():
+                state.entry = entry
+                store.clear()
+                with contextlib.suppress(Stop):
+                    call(self.module, state.inputs())
+                if any(n not in store for n in names):  # data-dependent control flow
+                    break
+                new = Entry(
+                    freeze("", entry.inputs, needed),
+                    {n: freeze(n, store[n], needed) for n in names},
+                )
+                used += nbytes(new.inputs) + nbytes(new.outputs)
+                if used > self.cap_bytes:
+                    break
+                if len(chunks) < len(self.chunks):  # free the previous level as the new one grows
+                    self.chunks[len(chunks)].entry = new
+                chunks.append(_Chunk(first, sizes, new))
+        self.chunks = chunks
+        self.names, self.cut, self.probe = names, cut, probe
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(self, pruned: nn.Module, group: str) -> float:
+        """The metric of ``pruned`` (the module with ``group`` pruned), replaying what it shares.
+
+        The first model of each group is also run in full on batch 0, which must give what the
+        replayed (and merged) run gave; otherwise the group is evaluated in full from then on.
+
+        Raises:
+            ValueError: If pruning changed the shapes of the model's outputs.
+        """
+        cut = self.cuts.get(group, 0.0)
+        self.remaining[group] = self.remaining.get(group, 1) - 1
+        with torch.inference_mode():
+            if group not in self.uncached:
+                self._advance(cut)
+            if group in self.uncached or cut < self.cut:
+                return self._full(pruned)
+            try:
+                outputs = self._run(pruned)
+            except Exception:  # e.g. a placeholder read: the full run below tells
+                outputs = None
+            if outputs is not None and (group in self.checked or not (self.names or self.merged)):
+                _check_shapes(outputs[0], self.output0)
+                return float(self.metric(outputs, self.targets))
+            self.checked.add(group)
+            first = call(pruned, clone_tree(self.inputs0))
+            _check_shapes(first, self.output0)
+            if outputs is None or not same_outputs(outputs[0], first):
+                warnings.warn(
+                    f"replayed outputs differ for group {group!r}; not caching it", stacklevel=2
+                )
+                self.uncached.add(group)
+                return self._full(pruned)
+            return float(self.metric(outputs, self.targets))
+
+    def _full(self, pruned: nn.Module) -> float:
+        """The metric of ``pruned`` run on every batch as ``data`` gives them (no cache)."""
+        outputs, targets = full_outputs(pruned, self.data, self.device)
+        _check_shapes(outputs[0], self.output0)
+        return float(self.metric(outputs, targets))
+
+    def _run(self, pruned: nn.Module) -> list[Any] | None:
+        """Outputs of every batch (``None`` if a merged output cannot be split per batch)."""
+        state, outputs = Replay(), []
+        with replaying(pruned, self.names, state):
+            for _, sizes, entry in self._batches():
+                state.entry = entry
+                out = call(pruned, state.inputs())
+                parts = split_batches(out, sizes) if len(sizes) > 1 else [out]
+                if parts is None:
+                    return None
+                outputs.extend(parts)
+        return outputs
+
+
+def _check_shapes(output: Any, reference: Any) -> None:
+    shapes = [tuple(t.shape) for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    want = [tuple(t.shape) for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    if shapes != want:
+        raise ValueError(
+            f"pruning changed the output shapes {want} -> {shapes}; slimkit missed a channel "
+            "coupling: pass the layers involved in ignore="
+        )
+
+
+def _leading(outputs: list[Any], sizes: list[int], limit: int) -> list[Any]:
+    """The leading outputs whose batches hold at most ``limit`` samples together."""
+    total, kept = 0, []
+    for out, size in zip(outputs, sizes, strict=False):
+        total += size
+        if total > limit:
+            break
+        kept.append(out)
+    return kept
