@@ -56,9 +56,9 @@ def test_fast_path_skips_the_shared_prefix() -> None:
     CountedConv.calls = 0
     naive = analyze(model, data, groups=later, fast=False)
     assert CountedConv.calls == 8 + 8 * len(RATIOS) * len(later)  # baseline + every point
-    # the stem runs for the baseline, once more to fill the cache, and on one checked batch per
-    # group; never for the points themselves
-    assert fast_calls <= 8 + 1 + 8 + len(later), fast_calls
+    # the stem runs for the baseline, on the small probe (twice), once more to fill the cache,
+    # and on one checked batch per group; never for the points themselves
+    assert fast_calls <= 8 + 2 + 8 + len(later), fast_calls
     assert_same(fast, naive)
 
 
@@ -398,3 +398,16 @@ def test_a_group_whose_pruned_model_fails_is_recorded_and_skipped(
         model, data, counting, ratios=RATIOS, save_file=path, fast=fast, progress=False
     )
     assert calls["n"] == 1  # resumed: the baseline only, the failed group is not retried
+
+
+def test_a_group_s_own_layers_are_replayed_without_its_channels() -> None:
+    """The cut is the group's first consuming layer: the root conv's cached output serves every
+    ratio, without the dropped channels."""
+    model = randomize_bn(TinyClassifier())
+    data = make_data(model, batches=8)
+    CountedConv.calls = 0
+    fast = analyze(model, data, groups=["stem.0"])
+    # the baseline, the small probe (twice: to find what later layers read), filling the cache,
+    # and batch 0 in full for the check; never for the 3 ratios (the naive loop: 8 + 3 x 8)
+    assert CountedConv.calls == 8 + 2 + 8 + 1, CountedConv.calls
+    assert_same(fast, analyze(model, data, groups=["stem.0"], fast=False))

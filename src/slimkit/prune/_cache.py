@@ -19,7 +19,7 @@ import functools
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,8 @@ MERGE_SAMPLES = 256  # most samples in one merged batch
 MERGE_ACTIVATION_BYTES = 32 * 2**20  # most bytes of the largest module output of a merged batch
 MERGE_CHECK_SHARE = 0.02  # most share of the planned work the merge check may cost
 MERGE_MIN_SPEEDUP = 0.9  # merged batches must take at most this share of the separate time
-LEVEL_FORWARDS = 3  # one-batch forward passes that building a cache level costs besides the segment
+LEVEL_FORWARDS = 3  # probe forward passes that building a cache level costs besides the segment
+PROBE_SAMPLES = 2  # samples of batch 0 that find what later code reads at a new level
 
 
 @dataclass
@@ -67,16 +68,19 @@ class _Chunk:
 
 
 class ActivationCache:
-    """Evaluates pruned models, replaying what runs before their group's first member layer.
+    """Evaluates pruned models, replaying what runs before their group's first consuming layer.
 
     Execution order comes from forward hooks on the first batch: ``order[name] = [start, end,
     calls]`` in hook events, with the time of every event in ``clock``. The *cut* of a group is the
-    start of the first executed module (or executed ancestor) among its member layers. A submodule
-    executed once that ends before the cut cannot depend on the pruning: the cache holds the outputs
-    of the maximal such submodules (the *level* of that cut) for every batch, up to ``cap_bytes``
-    (later batches run in full). Levels only move forward: groups come sorted by cut, and each level
-    is built from the previous one, stopping the forward pass at the cut. ``evaluate`` takes the
-    model already pruned in place (``GroupSet.pruned``).
+    start of the first executed module (or executed ancestor) among its ``"in"`` members, the
+    layers that combine its channels with others. Before it, pruning only removes channels: a
+    submodule executed once that ends before the cut computes what the unpruned module did, less
+    the group's channels. The cache holds the outputs of the maximal such submodules (the *level*
+    of that cut) for every batch, up to ``cap_bytes`` (later batches run in full), and hands them
+    out without the dropped channels of the member they belong to (found on batch 0, bit for bit,
+    per group). Levels only move forward: groups come sorted by cut, each level is built from the
+    previous one, stopping the forward pass at the cut, and only when the time it saves exceeds
+    what it costs. ``evaluate`` takes the model already pruned in place (``GroupSet.pruned``).
     """
 
     def __init__(
@@ -101,12 +105,14 @@ class ActivationCache:
         self.failed: set[float] = set()  # cuts whose level could not be built
         self.cuts: dict[str, float] = {}
         self.remaining: dict[str, int] = {}
-        self.checked: set[str] = set()
+        self.groups: dict[str, Any] = {}
+        self.layouts: dict[str, tuple[float, dict[str, dict[int, Any]]]] = {}
         self.uncached: set[str] = set()
         self.merged = False
         with torch.inference_mode():
             self.baseline = self._first_pass()
-        self.probe = Entry(self.inputs0, {})  # batch 0 at the current level
+        self.small, self.small_output = self._small_probe()
+        self.probe = Entry(self.small, {})  # the small probe at the current level
 
     # ------------------------------------------------------------------------------- first pass
     def _first_pass(self) -> float:
@@ -134,6 +140,23 @@ class ActivationCache:
         firsts = _leading(outputs, self.sizes, MERGE_SAMPLES)
         self.first_outputs = clone_tree(firsts)  # for the merge check (the metric may alter them)
         return float(self.metric(outputs, self.targets))
+
+    def _small_probe(self) -> tuple[Any, Any]:
+        """The first ``PROBE_SAMPLES`` samples of batch 0 and the module's output on them, or
+        batch 0 itself where its inputs are not all batch-major tensors."""
+        size = batch_size(self.inputs0)
+        leaves = [t for t in pytree.tree_leaves(self.inputs0) if isinstance(t, torch.Tensor)]
+        if (
+            not size
+            or size <= PROBE_SAMPLES
+            or any(t.dim() == 0 or t.shape[0] != size for t in leaves)
+        ):
+            return self.inputs0, self.output0
+        small = pytree.tree_map(
+            lambda t: t[:PROBE_SAMPLES].clone() if isinstance(t, torch.Tensor) else t, self.inputs0
+        )
+        with torch.inference_mode():
+            return small, call(self.module, clone_tree(small))
 
     @contextlib.contextmanager
     def _timing_batch0(self) -> Iterator[Callable[[], None]]:
@@ -163,14 +186,23 @@ class ActivationCache:
             done()
 
     # ------------------------------------------------------------------------------- planning
-    def order_groups(self, members: dict[str, list[str]], points: dict[str, int]) -> list[str]:
-        """Groups sorted by cut, so that levels are shared; ``points``: evaluations planned."""
-        self.cuts = {g: min(map(self._start, names), default=0.0) for g, names in members.items()}
-        self.remaining = {g: points.get(g, 0) for g in members}
+    def order_groups(self, groups: dict[str, Any], points: dict[str, int]) -> list[str]:
+        """Groups (``{name: ChannelGroup}``) sorted by cut, so that levels are shared;
+        ``points``: evaluations planned per group."""
+        self.groups = dict(groups)
+        self.cuts = {name: self._cut(group) for name, group in groups.items()}
+        self.remaining = {g: points.get(g, 0) for g in groups}
         work = sum(n * (1 - self._prefix(self.cuts[g])) for g, n in self.remaining.items())
         with torch.inference_mode():
             self._merge(work * sum(self.batch_times))
-        return sorted(members, key=lambda g: (self.cuts[g], g))
+        return sorted(groups, key=lambda g: (self.cuts[g], g))
+
+    def _cut(self, group: Any) -> float:
+        """Start of the group's first consuming (``"in"``) member: the members before it only
+        drop channels, so their cached outputs serve, without those channels."""
+        starts = [(self._start(m.name), m.kind) for m in group.members]
+        first = min((s for s, _ in starts), default=0.0)
+        return max(first, min((s for s, kind in starts if kind == "in"), default=first))
 
     def _start(self, name: str) -> float:
         """Start event of the module, or of its nearest executed ancestor (which may use it)."""
@@ -194,24 +226,20 @@ class ActivationCache:
             t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
         )
         check = 2 * per_sample * sum(self.sizes[:k])
-        if k < 2 or check > MERGE_CHECK_SHARE * work_seconds:
-            return
-        merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
-        if merged is None:
-            return
-        times = []
-        for _ in range(2):
+        merged = None
+        if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
+            merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
+        expected, self.first_outputs = self.first_outputs[:k], []
+        for _ in range(2 if merged is not None else 0):
             start = time.perf_counter()
             out = call(self.module, merged)
-            times.append(time.perf_counter() - start)
+            took = time.perf_counter() - start
             parts = split_batches(out, self.sizes[:k])
-            if parts is None or not all(map(same_outputs, parts, self.first_outputs[:k])):
+            if parts is None or not all(map(same_outputs, parts, expected)):
+                return  # not bit for bit what the separate batches give
+            if took < MERGE_MIN_SPEEDUP * per_sample * sum(self.sizes[:k]):
+                self._merge_chunks(k)
                 return
-            if times[-1] < MERGE_MIN_SPEEDUP * per_sample * sum(self.sizes[:k]):
-                break
-        else:
-            return
-        self._merge_chunks(k)
 
     def _merge_chunks(self, k: int) -> None:
         chunks = []
@@ -227,14 +255,14 @@ class ActivationCache:
                 )
             )
         self.chunks, self.merged = chunks, True
-        self.first_outputs = []
 
     def _pays(self, cut: float) -> bool:
         """Whether moving the cache to ``cut`` saves more than building the level costs."""
         gained = self._prefix(cut) - self._prefix(self.cut)
         cached = sum(self.batch_times[: self._covered()])
         evals = 1 + sum(n for g, n in self.remaining.items() if self.cuts.get(g, 0) >= cut)
-        cost = gained * cached + LEVEL_FORWARDS * statistics.median(self.batch_times)
+        probe = statistics.median(self.batch_times) * batch_size(self.small) / max(self.sizes[0], 1)
+        cost = gained * cached + LEVEL_FORWARDS * probe
         return gained * cached * evals > cost
 
     # ---------------------------------------------------------------------------------- levels
@@ -257,9 +285,9 @@ class ActivationCache:
         return sorted(n for n in ok if not any(a in ok for a in ancestors(n)))
 
     def _needed(self, names: list[str], stop: str) -> tuple[set[tuple[str, int]], Entry] | None:
-        """Leaves of the inputs and of the outputs of ``names`` read after those modules (batch
-        0), and batch 0's entry at that level; ``None`` if replaying only those leaves does not
-        reproduce the full output."""
+        """Leaves of the inputs and of the outputs of ``names`` read after those modules (on the
+        small probe), and the probe's entry at that level; ``None`` if replaying only those
+        leaves does not reproduce the full output."""
         state = Replay()  # batch 0 through the current level, up to the new cut
         state.entry = self.probe
         with (
@@ -270,7 +298,7 @@ class ActivationCache:
             call(self.module, state.inputs())
         if any(n not in rec0 for n in names):
             return None
-        inputs, outs = clone_tree((self.inputs0, rec0))  # the trace may alter them
+        inputs, outs = clone_tree((self.small, rec0))  # the trace may alter them
         watched = {id(t): key for key, t in keyed_leaves("", inputs)}
         watched.update({id(t): key for n in names for key, t in keyed_leaves(n, outs[n])})
         state, tracker = Replay(clone=False), ReadTracker(watched)
@@ -281,13 +309,13 @@ class ActivationCache:
             watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in watched
         }
         probe = Entry(
-            freeze("", self.inputs0, needed), {n: freeze(n, rec0[n], needed) for n in names}
+            freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
         )
         state = Replay()
         state.entry = probe
         try:
             with replaying(self.module, names, state):
-                same = same_outputs(call(self.module, state.inputs()), self.output0)
+                same = same_outputs(call(self.module, state.inputs()), self.small_output)
         except Exception:  # a placeholder was used after all: do not cache at this level
             return None
         return (needed, probe) if same else None
@@ -333,11 +361,14 @@ class ActivationCache:
         self.names, self.cut, self.probe = names, cut, probe
 
     # ------------------------------------------------------------------------------ evaluation
-    def evaluate(self, pruned: nn.Module, group: str) -> float:
-        """The metric of ``pruned`` (the module with ``group`` pruned), replaying what it shares.
+    def evaluate(self, pruned: nn.Module, group: str, drop: Sequence[int] = ()) -> float:
+        """The metric of ``pruned`` (the module with root channels ``drop`` of ``group`` pruned),
+        replaying what it shares with the module.
 
-        The first model of each group is also run in full on batch 0, which must give what the
-        replayed (and merged) run gave; otherwise the group is evaluated in full from then on.
+        The first model of each group is also run in full on batch 0: the replayed outputs that
+        it has fewer channels of must be the cached ones without the channels of one group
+        member, and the replayed (and merged) run must give what the full run gave; otherwise
+        the group is evaluated in full from then on.
 
         Raises:
             ValueError: If pruning changed the shapes of the model's outputs.
@@ -347,18 +378,23 @@ class ActivationCache:
         with torch.inference_mode():
             if group not in self.uncached:
                 self._advance(cut)
+            first = None
+            if group not in self.uncached and self.layouts.get(group, (None,))[0] != self.cut:
+                if self.names or self.merged:
+                    first = self._map_channels(pruned, group, drop)
+                else:  # nothing replayed or merged: nothing to check
+                    self.layouts[group] = (self.cut, {})
             if group in self.uncached or cut < self.cut:
                 return self._full(pruned)
             try:
-                outputs = self._run(pruned)
+                outputs = self._run(pruned, self._slices(group, drop))
             except Exception:  # e.g. a placeholder read: the full run below tells
                 outputs = None
-            if outputs is not None and (group in self.checked or not (self.names or self.merged)):
+            if first is None and outputs is not None:
                 _check_shapes(outputs[0], self.output0)
                 return float(self.metric(outputs, self.targets))
-            self.checked.add(group)
-            first = call(pruned, clone_tree(self.inputs0))
-            _check_shapes(first, self.output0)
+            if first is None:
+                first = call(pruned, clone_tree(self.inputs0))
             if outputs is None or not same_outputs(outputs[0], first):
                 warnings.warn(
                     f"replayed outputs differ for group {group!r}; not caching it", stacklevel=2
@@ -367,15 +403,75 @@ class ActivationCache:
                 return self._full(pruned)
             return float(self.metric(outputs, self.targets))
 
+    def _map_channels(self, pruned: nn.Module, group: str, drop: Sequence[int]) -> Any:
+        """Run ``pruned`` in full on batch 0; find, for each replayed output leaf it has fewer
+        channels of, the group member whose channels those are (``self.layouts``). Marks the
+        group uncached when one cannot be found. Returns the full output of batch 0."""
+        with recording(pruned, self.names, None) as store:
+            first = call(pruned, clone_tree(self.inputs0))
+        _check_shapes(first, self.output0)
+        layout: dict[str, dict[int, Any]] = {}
+        members = self.groups[group].members if group in self.groups else ()
+        cached0 = self._batch0_outputs()
+        for name in self.names if cached0 is not None else ():
+            pairs = zip(
+                pytree.tree_leaves(cached0[name]), pytree.tree_leaves(store.get(name)), strict=False
+            )
+            for j, (cached, now) in enumerate(pairs):
+                if not isinstance(cached, torch.Tensor) or cached.is_meta:
+                    continue  # never read after the module
+                if isinstance(now, torch.Tensor) and now.shape == cached.shape:
+                    if torch.equal(now, cached):
+                        continue
+                found = _member_of(cached, now, members, self.groups.get(group), drop)
+                if found is None:
+                    self.uncached.add(group)
+                    return first
+                layout.setdefault(name, {})[j] = found
+        self.layouts[group] = (self.cut, layout)
+        return first
+
+    def _batch0_outputs(self) -> dict[str, Any] | None:
+        """The cached outputs of the replayed modules for batch 0 (``None``: none cached)."""
+        if not self.chunks or self.chunks[0].entry.outputs is None:
+            return None
+        outputs, sizes = self.chunks[0].entry.outputs, self.chunks[0].sizes
+        if len(sizes) == 1:
+            return outputs
+        total = sum(sizes)
+        return pytree.tree_map(
+            lambda t: (
+                t[: sizes[0]]
+                if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == total
+                else t
+            ),
+            outputs,
+        )
+
+    def _slices(self, group: str, drop: Sequence[int]) -> dict[str, dict[int, torch.Tensor]]:
+        """The channels each sliced replayed leaf keeps for this ``drop`` (see ``layouts``)."""
+        found = self.groups.get(group)
+        _, layout = self.layouts.get(group, (None, {}))
+        slices: dict[str, dict[int, torch.Tensor]] = {}
+        for name, leaves in layout.items():
+            for j, (member, channels) in leaves.items():
+                gone = set(found.member_channels(member, drop)) if found is not None else set()
+                kept = [i for i in range(channels) if i not in gone]
+                slices.setdefault(name, {})[j] = torch.tensor(kept, device=self.device)
+        return slices
+
     def _full(self, pruned: nn.Module) -> float:
         """The metric of ``pruned`` run on every batch as ``data`` gives them (no cache)."""
         outputs, targets = full_outputs(pruned, self.data, self.device)
         _check_shapes(outputs[0], self.output0)
         return float(self.metric(outputs, targets))
 
-    def _run(self, pruned: nn.Module) -> list[Any] | None:
+    def _run(
+        self, pruned: nn.Module, slices: dict[str, dict[int, torch.Tensor]]
+    ) -> list[Any] | None:
         """Outputs of every batch (``None`` if a merged output cannot be split per batch)."""
         state, outputs = Replay(), []
+        state.slices = slices
         with replaying(pruned, self.names, state):
             for _, sizes, entry in self._batches():
                 state.entry = entry
@@ -385,6 +481,25 @@ class ActivationCache:
                     return None
                 outputs.extend(parts)
         return outputs
+
+
+def _member_of(
+    cached: torch.Tensor, now: Any, members: Sequence[Any], group: Any, drop: Sequence[int]
+) -> tuple[Any, int] | None:
+    """``(member, channels)`` if ``now`` is ``cached`` without ``member``'s channels of the
+    dropped roots (dim 1), bit for bit, and no member of another layout also fits."""
+    if not isinstance(now, torch.Tensor) or cached.dim() < 2 or now.dim() != cached.dim():
+        return None
+    channels, found, layouts = cached.shape[1], None, set()
+    for member in members:
+        gone = set(group.member_channels(member, drop))
+        if channels - len(gone) != now.shape[1] or any(i >= channels for i in gone):
+            continue
+        kept = torch.tensor([i for i in range(channels) if i not in gone], device=cached.device)
+        if torch.equal(cached.index_select(1, kept), now):
+            found = found or (member, channels)
+            layouts.add((member.idxs, member.root_idxs))
+    return found if len(layouts) == 1 else None
 
 
 def _check_shapes(output: Any, reference: Any) -> None:

@@ -115,13 +115,26 @@ class Entry:
 
 
 class Replay:
-    """Which batch the replaced submodules currently return the cached outputs of."""
+    """Which batch the replaced submodules currently return the cached outputs of.
+
+    ``slices`` keeps, per replaced submodule, the channels (dim 1) of those output leaves that
+    a pruned model has fewer of: ``{name: {leaf index: kept channel indices}}``.
+    """
 
     def __init__(self, clone: bool = True) -> None:
         self.entry: Entry | None = None
         self.clone = clone  # hand out copies: later in-place ops must not alter the cache
+        self.slices: dict[str, dict[int, torch.Tensor]] = {}
 
-    def value(self, tree: Any) -> Any:
+    def value(self, tree: Any, name: str = "") -> Any:
+        kept = self.slices.get(name)
+        if kept:
+            leaves, spec = pytree.tree_flatten(tree)
+            leaves = [
+                leaf.index_select(1, kept[j]) if j in kept else _clone(leaf)
+                for j, leaf in enumerate(leaves)
+            ]
+            return pytree.tree_unflatten(leaves, spec)
         return clone_tree(tree) if self.clone else tree
 
     def inputs(self) -> Any:
@@ -136,7 +149,7 @@ def _replayed_forward(
     entry = state.entry
     if entry is None or entry.outputs is None:
         return original(*a, **k)
-    return state.value(entry.outputs[name])
+    return state.value(entry.outputs[name], name)
 
 
 @contextlib.contextmanager

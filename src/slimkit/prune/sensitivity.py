@@ -64,10 +64,10 @@ class _PlainEvaluator:
         with torch.inference_mode():
             self.baseline = float(evaluate(module))
 
-    def order_groups(self, members: dict[str, list[str]], points: dict[str, int]) -> list[str]:
-        return list(members)
+    def order_groups(self, groups: dict[str, Any], points: dict[str, int]) -> list[str]:
+        return list(groups)
 
-    def evaluate(self, pruned: nn.Module, group: str) -> float:
+    def evaluate(self, pruned: nn.Module, group: str, drop: Any = ()) -> float:
         with torch.inference_mode():
             return float(self._evaluate(pruned))
 
@@ -189,7 +189,7 @@ def _check_sources(data: Any, metric: Any, eval_fn: Any, example_inputs: Any) ->
 
 def _measure(
     record: dict[str, Any],
-    members: dict[str, list[str]],
+    members: dict[str, Any],
     grid: list[float],
     evaluator: _PlainEvaluator | ActivationCache,
     pruner: _Variants | _Copies,
@@ -197,14 +197,14 @@ def _measure(
     path: Path | None,
     progress: bool,
 ) -> None:
-    """Evaluate every pending point of the groups (``{name: member layer names}``), saving each."""
+    """Evaluate every pending point of the groups (``{name: ChannelGroup}``), saving each."""
     sens, failed = record["sensitivities"], record["unprunable"]
     pending = {
         g: [] if g in failed else [r for r in grid if is_pending(sens.get(g, {}), r, loss_cap)]
         for g in members
     }
     order = evaluator.order_groups(
-        {g: names for g, names in members.items() if pending[g]},
+        {g: group for g, group in members.items() if pending[g]},
         {g: len(p) for g, p in pending.items()},
     )
     total = sum(len(pending[g]) for g in order)
@@ -252,7 +252,7 @@ def _point(
         if key == last[0]:
             return last
         with pruner.pruned(group, ratio) as model:
-            return key, evaluator.evaluate(model, group)
+            return key, evaluator.evaluate(model, group, key)
     except torch.OutOfMemoryError:
         raise  # not the group's fault: resuming later measures it
     except Exception as err:  # noqa: BLE001 - any failure of the pruned model marks the group
@@ -343,7 +343,7 @@ def analyze_sensitivity(
         kind = _Variants if fast else _Copies
         pruner = kind(module, example_inputs, ignore, criterion)
         names = _select_groups(list(pruner.groups), groups, shard)
-        members = {g: [m.name for m in pruner.groups[g].members] for g in names}
+        members = {g: pruner.groups[g] for g in names}
         arch = architecture or type(module).__name__
         record = new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
         if path is not None and path.exists() and not restart:
