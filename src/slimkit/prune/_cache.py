@@ -162,7 +162,7 @@ class ActivationCache:
     def _timing_batch0(self) -> Iterator[Callable[[], None]]:
         """Hooks on every submodule noting order, times and output sizes; call the yielded
         function to remove them (after the first batch)."""
-        hooks = []
+        hooks: list[torch.utils.hooks.RemovableHandle] = []
 
         def pre(name: str, _m: nn.Module, _a: Any) -> None:
             self.order.setdefault(name, [len(self.clock), -1, 0])[2] += 1
@@ -261,7 +261,8 @@ class ActivationCache:
         gained = self._prefix(cut) - self._prefix(self.cut)
         cached = sum(self.batch_times[: self._covered()])
         evals = 1 + sum(n for g, n in self.remaining.items() if self.cuts.get(g, 0) >= cut)
-        probe = statistics.median(self.batch_times) * batch_size(self.small) / max(self.sizes[0], 1)
+        share = (batch_size(self.small) or 1) / max(self.sizes[0], 1)
+        probe = statistics.median(self.batch_times) * share
         cost = gained * cached + LEVEL_FORWARDS * probe
         return gained * cached * evals > cost
 
@@ -335,7 +336,7 @@ class ActivationCache:
             )
             return
         needed, probe = found
-        state, chunks, used = Replay(), [], 0
+        state, chunks, used = Replay(), list[_Chunk](), 0
         with (
             replaying(self.module, self.names, state),
             recording(self.module, names, stop) as store,
@@ -412,8 +413,8 @@ class ActivationCache:
         _check_shapes(first, self.output0)
         layout: dict[str, dict[int, Any]] = {}
         members = self.groups[group].members if group in self.groups else ()
-        cached0 = self._batch0_outputs()
-        for name in self.names if cached0 is not None else ():
+        cached0 = self._batch0_outputs() or {}
+        for name in self.names if cached0 else ():
             pairs = zip(
                 pytree.tree_leaves(cached0[name]), pytree.tree_leaves(store.get(name)), strict=False
             )
@@ -439,14 +440,13 @@ class ActivationCache:
         if len(sizes) == 1:
             return outputs
         total = sum(sizes)
-        return pytree.tree_map(
-            lambda t: (
-                t[: sizes[0]]
-                if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == total
-                else t
-            ),
-            outputs,
-        )
+
+        def first_rows(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == total:
+                return t[: sizes[0]]
+            return t
+
+        return {name: pytree.tree_map(first_rows, tree) for name, tree in outputs.items()}
 
     def _slices(self, group: str, drop: Sequence[int]) -> dict[str, dict[int, torch.Tensor]]:
         """The channels each sliced replayed leaf keeps for this ``drop`` (see ``layouts``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +171,9 @@ def replaying(module: nn.Module, names: Iterable[str], state: Replay) -> Iterato
 
 
 @contextlib.contextmanager
-def recording(module: nn.Module, names: Iterable[str], stop: str | None) -> Iterator[dict]:
+def recording(
+    module: nn.Module, names: Iterable[str], stop: str | None
+) -> Iterator[dict[str, Any]]:
     """Collect copies of the named submodules' outputs; raise :class:`Stop` as ``stop`` starts."""
     store: dict[str, Any] = {}
 
@@ -285,12 +287,12 @@ def split_batches(tree: Any, sizes: list[int]) -> list[Any] | None:
     """Undo :func:`merge_batches` on an output: one tree per batch (``None``: not splittable)."""
     leaves, spec = pytree.tree_flatten(tree)
     total = sum(sizes)
-    columns = []
+    columns: list[Sequence[Any]] = []
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor):
             if leaf.dim() == 0 or leaf.shape[0] != total:
                 return None
-            columns.append(leaf.split(sizes))
+            columns.append(torch.split(leaf, sizes))
         else:
             columns.append([leaf] * len(sizes))
     return (

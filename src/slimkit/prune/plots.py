@@ -149,7 +149,9 @@ def plot_group_curves(
     return chosen
 
 
-def _curves(losses: dict, chosen: dict[str, float], budget: float) -> Any:
+def _curves(
+    losses: dict[str, dict[float, float | None]], chosen: dict[str, float], budget: float
+) -> Any:
     fig = _figure(7.5, 4.8)
     ax = fig.add_subplot()
     for i, (group, points) in enumerate(losses.items()):
@@ -167,7 +169,9 @@ def _curves(losses: dict, chosen: dict[str, float], budget: float) -> Any:
     return fig
 
 
-def _heatmap(losses: dict, chosen: dict[str, float], budget: float) -> Any:
+def _heatmap(
+    losses: dict[str, dict[float, float | None]], chosen: dict[str, float], budget: float
+) -> Any:
     import matplotlib
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from .counting import count_macs, count_params
-from .groups import ExampleInputs, IgnoreSpec
+from .groups import IgnoreSpec
 from .pruner import prune_model
 from .sensitivity_file import as_sensitivities, check_criterion, load_sensitivities
 
@@ -97,7 +97,7 @@ class BudgetPruning:
         self,
         sensitivities: Any,
         model: nn.Module,
-        example_inputs: ExampleInputs,
+        example_inputs: Any,
         *,
         ignore: IgnoreSpec = (),
         criterion: str | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import math
 import os
 import warnings
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from slimkit._distributed import all_gather, barrier, process_group
 from slimkit._utils import eval_mode
 
 from ._cache import ActivationCache
@@ -39,6 +41,7 @@ from .groups import GroupSet, IgnoreSpec, channel_groups
 from .pruner import prune_model, select_channels
 from .sensitivity_file import (
     Sensitivities,
+    add_points,
     check_baseline,
     is_capped,
     is_pending,
@@ -147,8 +150,8 @@ class _Copies:
         self.ignore, self.criterion = ignore, criterion
         self.groups = {g.name: g for g in channel_groups(module, example_inputs, ignore)}
 
-    def key(self, group: str, ratio: float) -> tuple[str, float]:
-        return group, ratio  # never the same: every point is evaluated
+    def key(self, group: str, ratio: float) -> None:
+        return None  # not known: every point is evaluated
 
     def pruned(self, group: str, ratio: float) -> contextlib.AbstractContextManager[nn.Module]:
         model = prune_model(
@@ -249,10 +252,10 @@ def _point(
     """``(key, metric)`` of one point; the last point's metric when no more channels go."""
     try:
         key = pruner.key(group, ratio)
-        if key == last[0]:
+        if key is not None and key == last[0]:
             return last
         with pruner.pruned(group, ratio) as model:
-            return key, evaluator.evaluate(model, group, key)
+            return key, evaluator.evaluate(model, group, key or ())
     except torch.OutOfMemoryError:
         raise  # not the group's fault: resuming later measures it
     except Exception as err:  # noqa: BLE001 - any failure of the pruned model marks the group
@@ -339,26 +342,80 @@ def analyze_sensitivity(
     device = None if param is None else param.device
     example_inputs = to_device(_check_sources(data, metric, eval_fn, example_inputs), device)
     path = None if save_file is None else Path(save_file)
-    with eval_mode(module):
+    with eval_mode(module), process_group(device) as (rank, size):
         kind = _Variants if fast else _Copies
         pruner = kind(module, example_inputs, ignore, criterion)
         names = _select_groups(list(pruner.groups), groups, shard)
-        members = {g: pruner.groups[g] for g in names}
         arch = architecture or type(module).__name__
-        record = new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
-        if path is not None and path.exists() and not restart:
-            record = resume_record(path, record)
-        if eval_fn is not None:
-            evaluator: _PlainEvaluator | ActivationCache = _PlainEvaluator(module, eval_fn)
-        elif not fast:
-            evaluator = _PlainEvaluator(module, lambda m: full_metric(m, data, metric, device))
-        else:
-            evaluator = ActivationCache(module, data, metric, device, int(cache_memory_mb * 2**20))
+        fresh = new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
+        own = path if path is None or size == 1 else _rank_file(path, rank, size)
+        record = fresh if restart else _resumed(fresh, path)
+        evaluator = _evaluator(module, data, metric, eval_fn, device, fast, cache_memory_mb)
         check_baseline(record, evaluator.baseline, path)
-        if path is not None and restart:
-            with locked(path):
-                write_sensitivities(path, record)  # the old file goes, whatever it held
-        elif path is not None:
-            save_shared(path, record)  # with what other workers on this file wrote so far
-        _measure(record, members, grid, evaluator, pruner, loss_cap, path, progress)
-    return {g: dict(record["sensitivities"][g]) for g in members if g in record["sensitivities"]}
+        _start_file(own, record, restart)
+        mine = {g: pruner.groups[g] for g in names[rank::size]}  # module order: mixed depths
+        _measure(record, mine, grid, evaluator, pruner, loss_cap, own, progress and rank == 0)
+        if size > 1:
+            record = _combine(record, path, own, rank, restart)
+    return {g: dict(record["sensitivities"][g]) for g in names if g in record["sensitivities"]}
+
+
+def _evaluator(
+    module: nn.Module,
+    data: Iterable[Any] | None,
+    metric: Callable[..., float] | None,
+    eval_fn: Callable[[nn.Module], float] | None,
+    device: torch.device | None,
+    fast: bool,
+    cache_memory_mb: float,
+) -> _PlainEvaluator | ActivationCache:
+    """The opaque ``eval_fn``, the reference loop, or the activation cache (``fast``)."""
+    if eval_fn is not None:
+        return _PlainEvaluator(module, eval_fn)
+    assert data is not None and metric is not None  # _check_sources made sure
+    if not fast:
+        return _PlainEvaluator(module, lambda m: full_metric(m, data, metric, device))
+    return ActivationCache(module, data, metric, device, int(cache_memory_mb * 2**20))
+
+
+def _rank_file(path: Path, rank: int, size: int) -> Path:
+    """Where one rank of a distributed analysis keeps its share until rank 0 merges them."""
+    return path.with_name(f"{path.stem}.rank{rank}-of-{size}{path.suffix}")
+
+
+def _resumed(fresh: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """``fresh`` with the points of ``path`` and of the rank files of earlier distributed runs
+    on it (any world size; those this machine can see), all checked to be this analysis."""
+    if path is None:
+        return fresh
+    pattern = f"{glob.escape(path.stem)}.rank*-of-*{glob.escape(path.suffix)}"
+    found = [p for p in [path, *sorted(path.parent.glob(pattern))] if p.exists()]
+    record = resume_record(found[0], fresh) if found else fresh
+    for other in found[1:]:
+        add_points(record, resume_record(other, fresh))
+    return record
+
+
+def _start_file(path: Path | None, record: dict[str, Any], restart: bool) -> None:
+    if path is not None and restart:
+        with locked(path):
+            write_sensitivities(path, record)  # the old file goes, whatever it held
+    elif path is not None:
+        save_shared(path, record)  # with what other workers on this file wrote so far
+
+
+def _combine(
+    record: dict[str, Any], path: Path | None, own: Path | None, rank: int, restart: bool
+) -> dict[str, Any]:
+    """Every rank's points in one record (on every rank); rank 0 writes it to ``path``, then
+    each rank removes its own file."""
+    records = all_gather(record)
+    merged: dict[str, Any] = records[0]
+    for other in records[1:]:
+        add_points(merged, other)
+    if rank == 0 and path is not None:
+        _start_file(path, merged, restart)
+    barrier()  # the one file holds every point: the rank files can go
+    if own is not None and own != path:
+        own.unlink(missing_ok=True)
+    return merged

@@ -49,6 +49,7 @@ __all__ = [
     "FRACTION_METRICS",
     "RESTART_HINT",
     "Sensitivities",
+    "add_points",
     "as_sensitivities",
     "check_baseline",
     "check_criterion",
@@ -330,6 +331,12 @@ def _absorb(into: dict[str, Any], other: dict[str, Any], where: str | None) -> N
             target[ratio] = loss if old is None else old
 
 
+def add_points(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add the points (and unprunable groups) of ``other``, a record of the same analysis, that
+    ``into`` lacks; where both have a point, ``into`` keeps its own."""
+    _absorb(into, other, None)
+
+
 def merge_sensitivities(
     files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     save_file: str | os.PathLike[str] | None = None,
@@ -474,5 +481,8 @@ def as_sensitivities(sensitivities: Any) -> Sensitivities:
             f"path; got {type(sensitivities).__name__}"
         )
     if sensitivities.get("format") == FORMAT:
-        return _parse_record(sensitivities, "the sensitivity record")["sensitivities"]
+        parsed: Sensitivities = _parse_record(sensitivities, "the sensitivity record")[
+            "sensitivities"
+        ]
+        return parsed
     return _parse_losses(sensitivities)
