@@ -411,3 +411,14 @@ def test_a_group_s_own_layers_are_replayed_without_its_channels() -> None:
     # and batch 0 in full for the check; never for the 3 ratios (the naive loop: 8 + 3 x 8)
     assert CountedConv.calls == 8 + 2 + 8 + 1, CountedConv.calls
     assert_same(fast, analyze(model, data, groups=["stem.0"], fast=False))
+
+
+@pytest.mark.parametrize("make", [TinyClassifier, TinyUNet])
+def test_a_first_ratio_that_drops_no_channel(make) -> None:
+    """0.05 of 8 channels rounds to none: the unpruned model, loss 0; the next ratio still
+    replays its channels right (the channel layout is never learnt from an unpruned model)."""
+    model = randomize_bn(make())
+    data = make_data(model)
+    fast = analyze(model, data, ratios=(0.05, 0.5))
+    assert_same(fast, analyze(model, data, ratios=(0.05, 0.5), fast=False))
+    assert any(v[0.05] == 0.0 for v in fast.values())

@@ -168,3 +168,24 @@ def test_concurrent_workers_on_one_file_keep_every_point(tmp_path: Path) -> None
     assert together["sensitivities"].keys() == single["sensitivities"].keys()
     assert_same(together["sensitivities"], single["sensitivities"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.json", "shared.json", "worker.py"]
+
+
+def test_arguments_as_users_pass_them() -> None:
+    model = randomize_bn(TinyClassifier())
+    data = make_data(model)
+    assert_same(analyze(model, data, ratios=0.5), analyze(model, data, ratios=[0.5]))
+    assert_same(analyze(model, data, shard="1/2"), analyze(model, data, shard=(1, 2)))
+    with pytest.raises(TypeError, match="ratios must be numbers"):
+        analyze(model, data, ratios="0.5")
+    for bad in [(0.5, "0.7"), (0.5, True), (0.5, math.nan)]:
+        with pytest.raises(ValueError, match=r"fractions in \(0, 1\)"):
+            analyze(model, data, ratios=bad)
+    for shard in ["2/2", "a/b", (1,), (0, 2, 3), (True, 2)]:
+        with pytest.raises(ValueError, match="shard must be"):
+            analyze(model, data, shard=shard)
+    with pytest.raises(ValueError, match="loss_cap"):
+        analyze(model, data, loss_cap=math.nan)
+    with pytest.raises(ValueError, match="cache_memory_mb"):
+        analyze(model, data, cache_memory_mb=-1)
+    with pytest.raises(TypeError, match="groups must be"):
+        analyze(model, data, groups=3)

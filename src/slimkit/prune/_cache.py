@@ -376,6 +376,8 @@ class ActivationCache:
         """
         cut = self.cuts.get(group, 0.0)
         self.remaining[group] = self.remaining.get(group, 1) - 1
+        if not drop and group in self.groups:
+            return self.baseline  # no channel goes: the unpruned model (as the naive loop finds)
         with torch.inference_mode():
             if group not in self.uncached:
                 self._advance(cut)

@@ -75,32 +75,70 @@ class _PlainEvaluator:
             return float(self._evaluate(pruned))
 
 
-def _check_ratios(ratios: Iterable[float]) -> list[float]:
-    values = sorted({float(ratio_key(r)) for r in ratios})
-    if not values or any(not 0 < r < 1 for r in values):
-        raise ValueError(
-            f"ratios must be fractions in (0, 1) such as (0.1, ..., 0.9), got {list(ratios)!r}"
+def _check_ratios(ratios: Iterable[float] | float) -> list[float]:
+    """The sorted, distinct ratios (a single number is one ratio)."""
+    if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
+        ratios = [ratios]
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Iterable):
+        raise TypeError(
+            f"ratios must be numbers such as (0.1, 0.5, 0.9), got {type(ratios).__name__} "
+            f"{ratios!r}"
         )
-    return values
+    given = list(ratios)
+    if not given or not all(_is_number(r) and 0 < float(r) < 1 for r in given):
+        raise ValueError(
+            f"ratios must be fractions in (0, 1) such as (0.1, ..., 0.9), got {given!r}"
+        )
+    return sorted({float(ratio_key(r)) for r in given})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_settings(loss_cap: Any, cache_memory_mb: Any) -> None:
+    if not _is_number(loss_cap) or not loss_cap > 0:  # NaN fails too
+        raise ValueError(f"loss_cap must be a number > 0 (1.0 or more: off), got {loss_cap!r}")
+    if not _is_number(cache_memory_mb) or not 0 <= cache_memory_mb < math.inf:
+        raise ValueError(f"cache_memory_mb must be a finite number >= 0, got {cache_memory_mb!r}")
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    """``(i, n)`` from a pair or an ``"i/n"`` string, with ``0 <= i < n``."""
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        shard = tuple(int(p) if p.strip().isdigit() else p for p in parts)
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(
+            f"shard must be (i, n) or 'i/n' with 0 <= i < n, e.g. (0, 4); got {shard!r}"
+        )
+    return shard[0], shard[1]
 
 
 def _select_groups(
-    found: Sequence[str], groups: Iterable[str] | None, shard: tuple[int, int] | None
+    found: Sequence[str], groups: Iterable[str] | str | None, shard: Any
 ) -> list[str]:
-    """The groups this run measures: ``groups`` (validated) or all, then its ``shard``."""
+    """The groups this run measures: ``groups`` (validated) or all, then its ``shard``; in
+    module order (``found``'s), the shard taken from them sorted by name."""
     names = sorted(found)
     if groups is not None:
+        if not isinstance(groups, (str, Iterable)):
+            raise TypeError(f"groups must be group names, got {type(groups).__name__}")
         wanted = sorted(set([groups] if isinstance(groups, str) else groups))
         unknown = [g for g in wanted if g not in found]
         if unknown:
             raise ValueError(f"unknown groups {unknown}; the prunable groups are {names}")
         names = wanted
     if shard is not None:
-        index, count = shard
-        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-            raise ValueError(f"shard must be (i, n) with 0 <= i < n, e.g. (0, 4); got {shard!r}")
+        index, count = _check_shard(shard)
         names = names[index::count]
-    return names
+    chosen = set(names)
+    return [g for g in found if g in chosen]
 
 
 # ------------------------------------------------------------------------------------ analysis
@@ -284,8 +322,8 @@ def analyze_sensitivity(
     save_file: str | os.PathLike[str] | None = None,
     ignore: Iterable[str | nn.Module] = (),
     criterion: str | Callable[[Any], torch.Tensor] = "l1",
-    groups: Iterable[str] | None = None,
-    shard: tuple[int, int] | None = None,
+    groups: Iterable[str] | str | None = None,
+    shard: tuple[int, int] | str | None = None,
     loss_cap: float = 1.0,
     restart: bool = False,
     cache_memory_mb: float = 1024,
@@ -298,6 +336,12 @@ def analyze_sensitivity(
 
     Every point prunes one group alone (``prune_model(module, {group: ratio}, ...)``) and
     evaluates the result in eval mode under ``torch.inference_mode``; ``module`` is not modified.
+    A group whose pruned model fails is recorded as unprunable (with the reason) and left out.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks split the groups: each keeps its share in
+    ``<save_file stem>.rank<r>-of-<n><suffix>`` (resumed like ``save_file``), then rank 0 writes
+    every rank's points to ``save_file`` and every rank returns them all. The process group is
+    started (gloo; nccl for a CUDA model) unless it already is.
 
     Args:
         module: The trained model.
@@ -308,36 +352,41 @@ def analyze_sensitivity(
         eval_fn: Instead of ``data``/``metric``: ``eval_fn(module) -> float``, an opaque loop
             (nothing can be cached then); needs ``example_inputs``.
         example_inputs: Inputs used to trace the groups (default: the first batch of ``data``).
-        ratios: Fractions of channels to prune, each in (0, 1).
+        ratios: Fractions of channels to prune, each in (0, 1) (a single number: one ratio).
         save_file: JSON file written atomically after every point; an existing file of the same
             analysis is resumed (finished points are not evaluated again).
         ignore: Modules (or qualified names) never pruned as a group root, besides
             ``module.prune_ignore``.
         criterion: Channel importance criterion passed to ``prune_model`` (``"l1"``, ``"fpgm"``,
             ``"bn_scale"`` or a callable); its name is stored in the file.
-        groups: Measure only these groups (e.g. one worker's share).
-        shard: ``(i, n)``: measure every n-th of the sorted groups, starting at the i-th; merge
-            the workers' files with :func:`merge_sensitivities`.
+        groups: Measure only these groups (e.g. one worker's share; a string is one group).
+        shard: ``(i, n)`` or ``"i/n"``: measure every n-th of the groups sorted by name,
+            starting at the i-th; merge the workers' files with :func:`merge_sensitivities`, or
+            let them share one ``save_file`` (writes are locked and merged).
         loss_cap: Stop raising a group's ratio once its loss exceeds this; the skipped points are
             stored as ``None`` (``get_ratios_by_loss`` treats them as over any budget). 1.0 or more
             disables it.
         restart: Ignore (and overwrite) an existing ``save_file`` instead of resuming it.
         cache_memory_mb: Memory for cached activations (on the model's device); batches beyond
             it are evaluated in full.
-        fast: Prune step by step and replay cached activations (the same numbers); ``False`` runs
-            ``prune_model`` and a full evaluation for every point, as PaddleSlim does.
-        progress: Show a progress bar with an ETA over all points.
+        fast: Trace once, prune each point in place and replay cached activations (the same
+            numbers); ``False`` runs ``prune_model`` and a full evaluation for every point, as
+            PaddleSlim does.
+        progress: Show a progress bar with an ETA over all points (rank 0's share under torchrun).
         metric_name: Name of the metric, stored in the file (e.g. ``"acc1"``).
         architecture: Stored in the file (default: the module's class name).
 
     Returns:
-        ``{group: {ratio: relative_loss}}`` for the measured groups; ``None`` marks skipped points.
+        ``{group: {ratio: relative_loss}}`` for the measured groups (unprunable ones left out);
+        ``None`` marks skipped points.
 
     Raises:
+        TypeError: ``data`` is an iterator, or ``ratios`` / ``groups`` are not what they name.
         ValueError: Invalid arguments, a non-positive baseline, or a ``save_file`` of another
             model / metric / criterion / data, or corrupt (``restart=True`` starts over).
     """
     grid, criterion_name = _check_ratios(ratios), get_criterion(criterion)[0]
+    _check_settings(loss_cap, cache_memory_mb)
     param = next(module.parameters(), None)
     device = None if param is None else param.device
     example_inputs = to_device(_check_sources(data, metric, eval_fn, example_inputs), device)
@@ -353,7 +402,7 @@ def analyze_sensitivity(
         evaluator = _evaluator(module, data, metric, eval_fn, device, fast, cache_memory_mb)
         check_baseline(record, evaluator.baseline, path)
         _start_file(own, record, restart)
-        mine = {g: pruner.groups[g] for g in names[rank::size]}  # module order: mixed depths
+        mine = {g: pruner.groups[g] for g in names[rank::size]}  # module order: depths mix
         _measure(record, mine, grid, evaluator, pruner, loss_cap, own, progress and rank == 0)
         if size > 1:
             record = _combine(record, path, own, rank, restart)
