@@ -184,7 +184,14 @@ def test_bad_files_fail_clearly_and_restart_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     other = tmp_path / "keep.txt"
     other.write_text("unrelated")
-    path.write_text("{not json")
+    path.write_text("{not json")  # not ours: never replaced, not even by restart=True
+    for restart in (False, True):
+        with pytest.raises(ValueError, match=r"s\.json.*not a slimkit sensitivity file"):
+            analyze(model, data, save_file=path, restart=restart)
+    assert path.read_text() == "{not json"
+    with pytest.raises(ValueError, match="is a directory"):
+        analyze(model, data, save_file=tmp_path)
+    path.write_text(json.dumps({"format": "slimkit.sensitivity", "version": 1}))  # damaged
     with pytest.raises(ValueError, match=r"s\.json.*corrupt.*restart=True"):
         analyze(model, data, save_file=path)
     result = analyze(model, data, save_file=path, restart=True)

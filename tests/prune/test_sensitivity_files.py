@@ -189,3 +189,17 @@ def test_arguments_as_users_pass_them() -> None:
         analyze(model, data, cache_memory_mb=-1)
     with pytest.raises(TypeError, match="groups must be"):
         analyze(model, data, groups=3)
+
+
+def test_merge_never_replaces_other_files(tmp_path: Path) -> None:
+    model = randomize_bn(TinyClassifier())
+    data = make_data(model)
+    path = tmp_path / "s.json"
+    analyze(model, data, save_file=path)
+    target = tmp_path / "model.yml"
+    target.write_text("task: cls\n")
+    with pytest.raises(ValueError, match="not a slimkit sensitivity file"):
+        merge_sensitivities([path], save_file=target)
+    assert target.read_text() == "task: cls\n"
+    merge_sensitivities([path], save_file=tmp_path / "all.json")
+    merge_sensitivities([path], save_file=tmp_path / "all.json")  # a sensitivity file: replaced

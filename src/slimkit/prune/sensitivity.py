@@ -43,6 +43,7 @@ from .sensitivity_file import (
     Sensitivities,
     add_points,
     check_baseline,
+    check_replaceable,
     is_capped,
     is_pending,
     locked,
@@ -437,6 +438,7 @@ def _resumed(fresh: dict[str, Any], path: Path | None) -> dict[str, Any]:
     on it (any world size; those this machine can see), all checked to be this analysis."""
     if path is None:
         return fresh
+    check_replaceable(path)  # another kind of file: an error that restart=True does not pass
     pattern = f"{glob.escape(path.stem)}.rank*-of-*{glob.escape(path.suffix)}"
     found = [p for p in [path, *sorted(path.parent.glob(pattern))] if p.exists()]
     record = resume_record(found[0], fresh) if found else fresh
@@ -448,7 +450,8 @@ def _resumed(fresh: dict[str, Any], path: Path | None) -> dict[str, Any]:
 def _start_file(path: Path | None, record: dict[str, Any], restart: bool) -> None:
     if path is not None and restart:
         with locked(path):
-            write_sensitivities(path, record)  # the old file goes, whatever it held
+            check_replaceable(path)  # a sensitivity file, whatever it held; never another file
+            write_sensitivities(path, record)
     elif path is not None:
         save_shared(path, record)  # with what other workers on this file wrote so far
 

@@ -53,6 +53,7 @@ __all__ = [
     "as_sensitivities",
     "check_baseline",
     "check_criterion",
+    "check_replaceable",
     "is_capped",
     "is_pending",
     "load_sensitivities",
@@ -223,6 +224,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"it holds {name}; values must be finite numbers")
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """A ``ValueError`` unless ``path`` is free or holds a slimkit sensitivity file (of any
+    analysis, even a damaged one): slimkit never replaces a file it did not write."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; pass a file name for the sensitivities")
+    if not path.exists():
+        return
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raw = None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ValueError(
+            f"{str(path)!r} exists and is not a slimkit sensitivity file; slimkit does not "
+            "overwrite it: choose another file name, or move that file away"
+        )
+
+
 def write_sensitivities(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Write ``record`` (as :func:`load_sensitivities` returns it) to ``path`` atomically: JSON to a
     temp file next to it, then ``os.replace``."""
@@ -346,20 +366,24 @@ def merge_sensitivities(
     Args:
         files: Sensitivity files of the same model, metric, criterion and baseline (a single
             path is one file).
-        save_file: Where to write the merged file (atomically); ``None`` writes nothing.
+        save_file: Where to write the merged file (atomically); ``None`` writes nothing. An
+            existing file there must be a sensitivity file (see :func:`check_replaceable`).
 
     Returns:
         The merged record, as :func:`load_sensitivities` returns it.
 
     Raises:
         ValueError: No files, a file is invalid, the files disagree on the model / metric /
-            criterion / baseline, or two files give different losses for the same point.
+            criterion / baseline, two files give different losses for the same point, or
+            ``save_file`` is another kind of file.
     """
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     paths = list(files)
     if not paths:
         raise ValueError("merge_sensitivities needs at least one file")
+    if save_file is not None:
+        check_replaceable(save_file)
     merged = load_sensitivities(paths[0])
     for path in paths[1:]:
         rec = load_sensitivities(path)
@@ -417,6 +441,7 @@ def save_shared(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` under :func:`locked`, first taking in what other workers
     wrote there meanwhile (``record`` grows by their points; the file keeps every point)."""
     with locked(path):
+        check_replaceable(path)
         if path.exists():
             on_disk = load_sensitivities(path)
             _same_analysis(on_disk, record, path)
