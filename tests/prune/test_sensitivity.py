@@ -429,3 +429,24 @@ def test_a_first_ratio_that_drops_no_channel(make) -> None:
     fast = analyze(model, data, ratios=(0.05, 0.5))
     assert_same(fast, analyze(model, data, ratios=(0.05, 0.5), fast=False))
     assert any(v[0.05] == 0.0 for v in fast.values())
+
+
+class NanWhenNarrow(FixedWidth):
+    """Outputs NaN once ``b`` is pruned (a model that breaks numerically, not by raising)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))
+        out = self.fc(y.mean((2, 3)))
+        return out * math.nan if y.shape[1] != 16 else out
+
+
+def test_a_pruned_model_with_a_nan_metric_is_unprunable(tmp_path: Path) -> None:
+    model = randomize_bn(NanWhenNarrow())
+    data = make_data(model)
+    path = tmp_path / "s.json"
+    with pytest.warns(UserWarning, match="'b.0' is left out"):
+        result = analyze_sensitivity(
+            model, data, closeness, ratios=RATIOS, save_file=path, progress=False
+        )
+    assert list(result) == ["a.0"]
+    assert "metric is nan" in load_sensitivities(path)["unprunable"]["b.0"]

@@ -3,16 +3,17 @@
 For every group and ratio the group alone is pruned (:func:`slimkit.prune.pruner.prune_model` with
 ``{group: ratio}``), the physically smaller model is evaluated under ``torch.inference_mode`` and
 ``relative_loss = (baseline - pruned) / baseline`` is recorded, as PaddleSlim's ``sensitivity``
-does.
+does (``fast=False`` runs exactly that loop).
 
-The fast path (``fast=True``) gives the same numbers as that loop while running much less. Each
-group's copy is traced once and pruned step by step (:class:`_StepPruner`). With ``data`` +
-``metric``, the part of the forward pass that runs before a group's first changed layer does not
-depend on the pruning: the outputs of those submodules are computed once for the whole validation
-set (:class:`slimkit.prune._replay.ActivationCache`) and replayed for every ratio.
+The fast path (``fast=True``) gives the same numbers while running much less. The module is
+traced once; every point prunes one copy of it in place and restores it (:class:`_Variants`,
+``GroupSet.pruned``). With ``data`` + ``metric``, what runs before a group's first consuming layer
+is what the unpruned module computed, less the group's channels: it is computed once for the whole
+validation set and replayed (:class:`slimkit.prune._cache.ActivationCache`).
 
-The results live in a JSON file (see :mod:`slimkit.prune.sensitivity_file` for the format), rewritten
-atomically after every point so that an interrupted analysis resumes where it stopped.
+The results live in a JSON file (see :mod:`slimkit.prune.sensitivity_file` for the format), written
+atomically (and under a lock, merged with what other workers wrote) after every point, so that an
+interrupted analysis resumes where it stopped. Under ``torchrun`` the ranks share the groups.
 """
 
 from __future__ import annotations
@@ -294,7 +295,10 @@ def _point(
         if key is not None and key == last[0]:
             return last
         with pruner.pruned(group, ratio) as model:
-            return key, evaluator.evaluate(model, group, key or ())
+            value = evaluator.evaluate(model, group, key or ())
+        if not math.isfinite(value):
+            raise ValueError(f"the pruned model's metric is {value}")
+        return key, value
     except torch.OutOfMemoryError:
         raise  # not the group's fault: resuming later measures it
     except Exception as err:  # noqa: BLE001 - any failure of the pruned model marks the group
