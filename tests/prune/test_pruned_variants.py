@@ -62,7 +62,7 @@ def test_variants_equal_prune_model_and_restore(name: str, model: nn.Module, siz
         reference = model(x)
     assert groups.names
     score = get_criterion("l1")[1]
-    for group in groups.names:
+    for group in groups.names[:: max(1, len(groups.names) // 6)]:  # ~6 groups per model
         scores = score(groups.groups[group])  # scores from the unpruned weights
         for ratio in (0.3, 0.7):
             kept = set(select_channels(scores, ratio, groups.groups[group].ties))

@@ -347,6 +347,10 @@ def test_cache_levels_are_built_only_when_they_pay(monkeypatch: pytest.MonkeyPat
         return needed(self, names, stop)
 
     monkeypatch.setattr(_cache.ActivationCache, "_needed", spy)
+    # time spread evenly over the hook events (the real clock is too noisy for a test)
+    monkeypatch.setattr(
+        _cache.ActivationCache, "_prefix", lambda self, cut: min(cut / len(self.clock), 1.0)
+    )
     model = randomize_bn(TinyClassifier())
     one_batch = make_data(model, batches=1)
     assert_same(
@@ -450,3 +454,37 @@ def test_a_pruned_model_with_a_nan_metric_is_unprunable(tmp_path: Path) -> None:
         )
     assert list(result) == ["a.0"]
     assert "metric is nan" in load_sensitivities(path)["unprunable"]["b.0"]
+
+
+class InPlace(TinyClassifier):
+    """Scales layer1's (cached) output in place before later layers read it, and returns a view
+    of it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.layer1(self.stem(x))
+        x.mul_(2.0)  # a replayed tensor, written in place
+        x = x + self.layer2(x)
+        return self.fc(self.layer3(x).mean((2, 3))), x[:, :2]
+
+
+def test_replayed_tensors_written_in_place_or_returned_are_copies() -> None:
+    model = randomize_bn(InPlace())
+    data = make_data(model, batches=6)
+    kw: dict = {}
+    fast = analyze(model, data, **kw)
+    assert_same(fast, analyze(model, data, fast=False, **kw))
+    assert_same(fast, analyze(model, data, **kw))  # the cache was not altered either
+
+
+def test_the_read_tracker_sees_writes_through_views() -> None:
+    from slimkit.prune._replay import ReadTracker
+
+    a, b = torch.ones(2, 4), torch.ones(2, 4)
+    tracker = ReadTracker({id(a): ("a", 0), id(b): ("b", 0)}, [a, b])
+    with tracker:
+        view = a[:, :2]
+        view.add_(1.0)  # a write to a, through a view
+        c = b * 2  # a read of b
+        c.mul_(3.0)  # a write to a new tensor
+    assert tracker.written == {("a", 0)}
+    assert tracker.read == {("a", 0), ("b", 0)}

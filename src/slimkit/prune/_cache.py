@@ -109,6 +109,8 @@ class ActivationCache:
         self.layouts: dict[str, tuple[float, dict[str, dict[int, Any]]]] = {}
         self.uncached: set[str] = set()
         self.merged = False
+        self.copies: set[tuple[str, int]] | None = None  # replayed leaves that need a copy
+        self.next_copies: set[tuple[str, int]] | None = None
         with torch.inference_mode():
             self.baseline = self._first_pass()
         self.small, self.small_output = self._small_probe()
@@ -300,15 +302,18 @@ class ActivationCache:
         if any(n not in rec0 for n in names):
             return None
         inputs, outs = clone_tree((self.small, rec0))  # the trace may alter them
-        watched = {id(t): key for key, t in keyed_leaves("", inputs)}
-        watched.update({id(t): key for n in names for key, t in keyed_leaves(n, outs[n])})
-        state, tracker = Replay(clone=False), ReadTracker(watched)
+        leaves = dict(keyed_leaves("", inputs))
+        leaves.update({key: t for n in names for key, t in keyed_leaves(n, outs[n])})
+        watched = {id(t): key for key, t in leaves.items()}
+        state, tracker = Replay(copies=set()), ReadTracker(watched, leaves.values())
         state.entry = Entry(inputs, outs)
         with replaying(self.module, names, state), tracker:
             out = call(self.module, inputs)
-        needed = tracker.read | {
-            watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in watched
+        returned = {
+            tracker.watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in tracker.watched
         }
+        needed = tracker.read | returned
+        self.next_copies = tracker.written | returned  # written in place, or handed to the metric
         probe = Entry(
             freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
         )
@@ -336,7 +341,8 @@ class ActivationCache:
             )
             return
         needed, probe = found
-        state, chunks, used = Replay(), list[_Chunk](), 0
+        # the level being replaced is not read again: replay it without copies
+        state, chunks, used = Replay(copies=set()), list[_Chunk](), 0
         with (
             replaying(self.module, self.names, state),
             recording(self.module, names, stop) as store,
@@ -360,6 +366,7 @@ class ActivationCache:
                 chunks.append(_Chunk(first, sizes, new))
         self.chunks = chunks
         self.names, self.cut, self.probe = names, cut, probe
+        self.copies = self.next_copies
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, pruned: nn.Module, group: str, drop: Sequence[int] = ()) -> float:
@@ -472,7 +479,7 @@ class ActivationCache:
         self, pruned: nn.Module, slices: dict[str, dict[int, torch.Tensor]]
     ) -> list[Any] | None:
         """Outputs of every batch (``None`` if a merged output cannot be split per batch)."""
-        state, outputs = Replay(), []
+        state, outputs = Replay(copies=self.copies), []
         state.slices = slices
         with replaying(pruned, self.names, state):
             for _, sizes, entry in self._batches():

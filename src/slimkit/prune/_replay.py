@@ -122,24 +122,30 @@ class Replay:
     """Which batch the replaced submodules currently return the cached outputs of.
 
     ``slices`` keeps, per replaced submodule, the channels (dim 1) of those output leaves that
-    a pruned model has fewer of: ``{name: {leaf index: kept channel indices}}``.
+    a pruned model has fewer of: ``{name: {leaf index: kept channel indices}}``. Leaves are
+    handed out as copies, so that later in-place operations cannot alter the cache, unless
+    ``copies`` names the ``(name, leaf index)`` pairs that need one (``""``: the inputs).
     """
 
-    def __init__(self, clone: bool = True) -> None:
+    def __init__(self, copies: set[tuple[str, int]] | None = None) -> None:
         self.entry: Entry | None = None
-        self.clone = clone  # hand out copies: later in-place ops must not alter the cache
+        self.copies = copies
         self.slices: dict[str, dict[int, torch.Tensor]] = {}
 
     def value(self, tree: Any, name: str = "") -> Any:
-        kept = self.slices.get(name)
-        if kept:
-            leaves, spec = pytree.tree_flatten(tree)
-            leaves = [
-                leaf.index_select(1, kept[j]) if j in kept else _clone(leaf)
-                for j, leaf in enumerate(leaves)
-            ]
-            return pytree.tree_unflatten(leaves, spec)
-        return clone_tree(tree) if self.clone else tree
+        kept = self.slices.get(name, {})
+        if not kept and self.copies is None:
+            return clone_tree(tree)
+        leaves, spec = pytree.tree_flatten(tree)
+        leaves = [
+            leaf.index_select(1, kept[j])
+            if j in kept
+            else _clone(leaf)
+            if self.copies is None or (name, j) in self.copies
+            else leaf
+            for j, leaf in enumerate(leaves)
+        ]
+        return pytree.tree_unflatten(leaves, spec)
 
     def inputs(self) -> Any:
         entry = self.entry
@@ -200,12 +206,17 @@ def recording(
 
 
 class ReadTracker(TorchFunctionMode):
-    """Notes which watched tensors any torch function (or tensor method / attribute) receives."""
+    """Notes which watched tensors any torch function (or tensor method / attribute) receives,
+    and which it writes in place (in-place methods, ``out=``, item assignment), views included."""
 
-    def __init__(self, watched: dict[int, tuple[str, int]]) -> None:
+    def __init__(self, watched: dict[int, tuple[str, int]], tensors: Iterable[Any]) -> None:
         super().__init__()
         self.watched = watched
         self.read: set[tuple[str, int]] = set()
+        self.written: set[tuple[str, int]] = set()
+        self.storages: dict[int, set[tuple[str, int]]] = {}
+        for t in tensors:
+            self.storages.setdefault(_storage(t), set()).add(watched[id(t)])
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -213,7 +224,28 @@ class ReadTracker(TorchFunctionMode):
             key = self.watched.get(id(leaf))
             if key is not None:
                 self.read.add(key)
-        return func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.endswith("__")
+        if in_place or name == "__setitem__" or name.startswith("__i"):
+            self._wrote(args[:1])
+        self._wrote(pytree.tree_leaves(kwargs.get("out")))
+        out = func(*args, **kwargs)
+        for t in pytree.tree_leaves(out):  # views of watched tensors are watched too
+            if isinstance(t, torch.Tensor) and id(t) not in self.watched:
+                keys = self.storages.get(_storage(t))
+                if keys:
+                    self.watched[id(t)] = next(iter(keys))
+                    self.storages[_storage(t)] = keys
+        return out
+
+    def _wrote(self, tensors: Iterable[Any]) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self.written |= self.storages.get(_storage(t), set())
+
+
+def _storage(t: torch.Tensor) -> int:
+    return int(t.untyped_storage().data_ptr()) if not t.is_meta else -id(t)
 
 
 def keyed_leaves(key: str, tree: Any) -> Iterator[tuple[tuple[str, int], Any]]:
