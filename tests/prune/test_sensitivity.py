@@ -28,6 +28,17 @@ from slimkit.prune.sensitivity import analyze_sensitivity
 from slimkit.prune.sensitivity_file import load_sensitivities, merge_sensitivities
 
 
+@pytest.fixture
+def even_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time spread evenly over the hook events: the cost model's decisions do not depend on
+    this machine's load (the real clock is too noisy for tests that count calls)."""
+    from slimkit.prune import _cache
+
+    monkeypatch.setattr(
+        _cache.ActivationCache, "_prefix", lambda self, cut: min(cut / len(self.clock), 1.0)
+    )
+
+
 @pytest.mark.parametrize("make", [TinyClassifier, TinyDetector, TinyUNet, TinyTricky])
 def test_fast_equals_naive(make) -> None:
     model = randomize_bn(make())
@@ -43,7 +54,7 @@ def test_fast_equals_naive(make) -> None:
     assert not model.training
 
 
-def test_fast_path_skips_the_shared_prefix() -> None:
+def test_fast_path_skips_the_shared_prefix(even_clock: None) -> None:
     from slimkit.prune.groups import prunable_groups
 
     model = randomize_bn(TinyClassifier())
@@ -336,7 +347,9 @@ def test_batch_dependent_models_are_not_merged(always_merge: list[int]) -> None:
     assert not always_merge
 
 
-def test_cache_levels_are_built_only_when_they_pay(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_levels_are_built_only_when_they_pay(
+    monkeypatch: pytest.MonkeyPatch, even_clock: None
+) -> None:
     from slimkit.prune import _cache
 
     calls: list[str] = []
@@ -347,10 +360,6 @@ def test_cache_levels_are_built_only_when_they_pay(monkeypatch: pytest.MonkeyPat
         return needed(self, names, stop)
 
     monkeypatch.setattr(_cache.ActivationCache, "_needed", spy)
-    # time spread evenly over the hook events (the real clock is too noisy for a test)
-    monkeypatch.setattr(
-        _cache.ActivationCache, "_prefix", lambda self, cut: min(cut / len(self.clock), 1.0)
-    )
     model = randomize_bn(TinyClassifier())
     one_batch = make_data(model, batches=1)
     assert_same(
@@ -411,7 +420,7 @@ def test_a_group_whose_pruned_model_fails_is_recorded_and_skipped(
     assert calls["n"] == 1  # resumed: the baseline only, the failed group is not retried
 
 
-def test_a_group_s_own_layers_are_replayed_without_its_channels() -> None:
+def test_a_group_s_own_layers_are_replayed_without_its_channels(even_clock: None) -> None:
     """The cut is the group's first consuming layer: the root conv's cached output serves every
     ratio, without the dropped channels."""
     model = randomize_bn(TinyClassifier())
@@ -467,7 +476,7 @@ class InPlace(TinyClassifier):
         return self.fc(self.layer3(x).mean((2, 3))), x[:, :2]
 
 
-def test_replayed_tensors_written_in_place_or_returned_are_copies() -> None:
+def test_replayed_tensors_written_in_place_or_returned_are_copies(even_clock: None) -> None:
     model = randomize_bn(InPlace())
     data = make_data(model, batches=6)
     kw: dict = {}

@@ -120,15 +120,20 @@ class ActivationCache:
     def _first_pass(self) -> float:
         """Baseline metric; records execution order and times, keeps the inputs as level 0."""
         outputs, used = [], 0
-        with self._timing_batch0() as done:
+        with self._timing() as (times, first_done, done):
             for i, (inputs, target) in enumerate(self.data):
                 inputs = to_device(inputs, self.device)
                 start = time.perf_counter()
                 out = call(self.module, inputs)
                 self.batch_times.append(time.perf_counter() - start)
                 if i == 0:
-                    done()
                     self.inputs0, self.output0 = clone_tree(inputs), clone_tree(out)
+                    self.clock = list(times)
+                    first_done()
+                elif i == 1:  # warm: no first-call set-up in these times
+                    if len(times) == len(self.clock):
+                        self.clock = list(times)
+                    done()
                 used += nbytes(inputs)
                 if used <= self.cap_bytes and len(self.chunks) == i:
                     self.chunks.append(_Chunk(i, [batch_size(inputs) or 1], Entry(inputs, {})))
@@ -161,19 +166,30 @@ class ActivationCache:
             return small, call(self.module, clone_tree(small))
 
     @contextlib.contextmanager
-    def _timing_batch0(self) -> Iterator[Callable[[], None]]:
-        """Hooks on every submodule noting order, times and output sizes; call the yielded
-        function to remove them (after the first batch)."""
+    def _timing(
+        self,
+    ) -> Iterator[tuple[list[float], Callable[[], None], Callable[[], None]]]:
+        """Hooks on every submodule noting the time of each start and end event in the yielded
+        list; until the first yielded function is called (after the first batch) also their
+        order (``order``) and the largest output. The second one removes them."""
         hooks: list[torch.utils.hooks.RemovableHandle] = []
+        times: list[float] = []
+        first = [True]
 
         def pre(name: str, _m: nn.Module, _a: Any) -> None:
-            self.order.setdefault(name, [len(self.clock), -1, 0])[2] += 1
-            self.clock.append(time.perf_counter())
+            if first[0]:
+                self.order.setdefault(name, [len(times), -1, 0])[2] += 1
+            times.append(time.perf_counter())
 
         def post(name: str, _m: nn.Module, _a: Any, output: Any) -> None:
-            self.order[name][1] = len(self.clock)
-            self.clock.append(time.perf_counter())
-            self.largest = max(self.largest, nbytes(output))
+            if first[0]:
+                self.order[name][1] = len(times)
+                self.largest = max(self.largest, nbytes(output))
+            times.append(time.perf_counter())
+
+        def first_done() -> None:
+            first[0] = False
+            times.clear()
 
         def done() -> None:
             for handle in hooks:
@@ -183,7 +199,7 @@ class ActivationCache:
             hooks.append(sub.register_forward_pre_hook(functools.partial(pre, name)))
             hooks.append(sub.register_forward_hook(functools.partial(post, name)))
         try:
-            yield done
+            yield times, first_done, done
         finally:
             done()
 
@@ -341,11 +357,21 @@ class ActivationCache:
             )
             return
         needed, probe = found
-        # the level being replaced is not read again: replay it without copies
+        # the level being replaced is not read again: replay it without copies, and keep its
+        # tensors that no later code writes to in the new level as they are
         state, chunks, used = Replay(copies=set()), list[_Chunk](), 0
+        copies, old = self.copies, set(self.names)
+
+        def shared(name: str, j: int, leaf: Any) -> bool:
+            entry = state.entry
+            if name not in old or copies is None or (name, j) in copies or entry is None:
+                return False
+            cached = entry.outputs[name] if entry.outputs is not None else None
+            return cached is not None and leaf is pytree.tree_leaves(cached)[j]
+
         with (
             replaying(self.module, self.names, state),
-            recording(self.module, names, stop) as store,
+            recording(self.module, names, stop, shared) as store,
         ):
             for first, sizes, entry in self._batches():
                 state.entry = entry

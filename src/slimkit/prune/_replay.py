@@ -182,13 +182,22 @@ def replaying(module: nn.Module, names: Iterable[str], state: Replay) -> Iterato
 
 @contextlib.contextmanager
 def recording(
-    module: nn.Module, names: Iterable[str], stop: str | None
+    module: nn.Module,
+    names: Iterable[str],
+    stop: str | None,
+    shared: Callable[[str, int, Any], bool] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Collect copies of the named submodules' outputs; raise :class:`Stop` as ``stop`` starts."""
+    """Collect copies of the named submodules' outputs (not of the leaves ``shared(name, leaf
+    index, leaf)`` says may be kept as they are); raise :class:`Stop` as ``stop`` starts."""
     store: dict[str, Any] = {}
 
     def keep(name: str, _m: nn.Module, _args: Any, output: Any) -> None:
-        store[name] = clone_tree(output)
+        if shared is None:
+            store[name] = clone_tree(output)
+            return
+        leaves, spec = pytree.tree_flatten(output)
+        leaves = [x if shared(name, j, x) else _clone(x) for j, x in enumerate(leaves)]
+        store[name] = pytree.tree_unflatten(leaves, spec)
 
     def halt(_m: nn.Module, _args: Any) -> None:
         raise Stop
