@@ -35,10 +35,12 @@ from ._replay import (
     ancestors,
     batch_size,
     call,
+    check_shapes,
     clone_tree,
     freeze,
     full_outputs,
     keyed_leaves,
+    member_of,
     merge_batches,
     nbytes,
     recording,
@@ -399,10 +401,10 @@ class ActivationCache:
         """The metric of ``pruned`` (the module with root channels ``drop`` of ``group`` pruned),
         replaying what it shares with the module.
 
-        The first model of each group is also run in full on batch 0: the replayed outputs that
-        it has fewer channels of must be the cached ones without the channels of one group
-        member, and the replayed (and merged) run must give what the full run gave; otherwise
-        the group is evaluated in full from then on.
+        The first model of each group is also run in full on a probe (the small probe, or batch 0
+        when batches are merged): the replayed outputs it has fewer channels of must be the
+        cached ones without the channels of one group member, and the replayed (and merged) run
+        must give what the full run gave; otherwise the group is evaluated in full from then on.
 
         Raises:
             ValueError: If pruning changed the shapes of the model's outputs.
@@ -416,56 +418,85 @@ class ActivationCache:
                 self._advance(cut)
             first = None
             if group not in self.uncached and self.layouts.get(group, (None,))[0] != self.cut:
-                if self.names or self.merged:
-                    first = self._map_channels(pruned, group, drop)
-                else:  # nothing replayed or merged: nothing to check
-                    self.layouts[group] = (self.cut, {})
+                first = self._check_group(pruned, group, drop)
             if group in self.uncached or cut < self.cut:
                 return self._full(pruned)
             try:
                 outputs = self._run(pruned, self._slices(group, drop))
-            except Exception:  # e.g. a placeholder read: the full run below tells
+            except Exception:  # e.g. a placeholder read: evaluate it in full
                 outputs = None
-            if first is None and outputs is not None:
-                _check_shapes(outputs[0], self.output0)
-                return float(self.metric(outputs, self.targets))
-            if first is None:
-                first = call(pruned, clone_tree(self.inputs0))
-            if outputs is None or not same_outputs(outputs[0], first):
-                warnings.warn(
-                    f"replayed outputs differ for group {group!r}; not caching it", stacklevel=2
-                )
-                self.uncached.add(group)
-                return self._full(pruned)
+            if outputs is None or (first is not None and not same_outputs(outputs[0], first)):
+                return self._give_up(pruned, group)
+            check_shapes(outputs[0], self.output0)
             return float(self.metric(outputs, self.targets))
 
-    def _map_channels(self, pruned: nn.Module, group: str, drop: Sequence[int]) -> Any:
-        """Run ``pruned`` in full on batch 0; find, for each replayed output leaf it has fewer
-        channels of, the group member whose channels those are (``self.layouts``). Marks the
-        group uncached when one cannot be found. Returns the full output of batch 0."""
+    def _give_up(self, pruned: nn.Module, group: str) -> float:
+        warnings.warn(f"replayed outputs differ for group {group!r}; not caching it", stacklevel=3)
+        self.uncached.add(group)
+        return self._full(pruned)
+
+    def _check_group(self, pruned: nn.Module, group: str, drop: Sequence[int]) -> Any:
+        """Find the group's channel layout (``self.layouts``) on a probe and check the replay.
+
+        Without merged batches the probe is the small one, replayed and run in full here; with
+        them it is batch 0, whose full output is returned for the caller to compare with the
+        first output of the merged run (else ``None``). A failure marks the group uncached."""
+        if not (self.names or self.merged):  # nothing replayed or merged: nothing to check
+            self.layouts[group] = (self.cut, {})
+            return None
+        inputs, reference = (
+            (self.inputs0, self.output0) if self.merged else (self.small, self.small_output)
+        )
+        cached = self._batch0_outputs() if self.merged else self.probe.outputs
         with recording(pruned, self.names, None) as store:
-            first = call(pruned, clone_tree(self.inputs0))
-        _check_shapes(first, self.output0)
+            first = call(pruned, clone_tree(inputs))
+        check_shapes(first, reference)
+        layout = self._layout(group, drop, cached or {}, store)
+        if layout is None:
+            self.uncached.add(group)
+            return None
+        self.layouts[group] = (self.cut, layout)
+        if self.merged:
+            return first
+        state = Replay(copies=self.copies)
+        state.entry, state.slices = self.probe, self._slices(group, drop)
+        try:
+            with replaying(pruned, self.names, state):
+                same = same_outputs(call(pruned, state.inputs()), first)
+        except Exception:
+            same = False
+        if not same:
+            warnings.warn(
+                f"replayed outputs differ for group {group!r}; not caching it", stacklevel=4
+            )
+            self.uncached.add(group)
+        return None
+
+    def _layout(
+        self, group: str, drop: Sequence[int], cached: dict[str, Any], store: dict[str, Any]
+    ) -> dict[str, dict[int, Any]] | None:
+        """For each cached output leaf the pruned model (``store``) has fewer channels of, the
+        member whose channels those are; ``None`` if one is not such a leaf."""
         layout: dict[str, dict[int, Any]] = {}
         members = self.groups[group].members if group in self.groups else ()
-        cached0 = self._batch0_outputs() or {}
-        for name in self.names if cached0 else ():
+        for name in self.names if cached else ():
             pairs = zip(
-                pytree.tree_leaves(cached0[name]), pytree.tree_leaves(store.get(name)), strict=False
+                pytree.tree_leaves(cached[name]), pytree.tree_leaves(store.get(name)), strict=False
             )
-            for j, (cached, now) in enumerate(pairs):
-                if not isinstance(cached, torch.Tensor) or cached.is_meta:
+            for j, (old, now) in enumerate(pairs):
+                if not isinstance(old, torch.Tensor) or old.is_meta:
                     continue  # never read after the module
-                if isinstance(now, torch.Tensor) and now.shape == cached.shape:
-                    if torch.equal(now, cached):
-                        continue
-                found = _member_of(cached, now, members, self.groups.get(group), drop)
+                if (
+                    isinstance(now, torch.Tensor)
+                    and now.shape == old.shape
+                    and torch.equal(now, old)
+                ):
+                    continue
+                found = member_of(old, now, members, self.groups.get(group), drop)
                 if found is None:
-                    self.uncached.add(group)
-                    return first
+                    return None
                 layout.setdefault(name, {})[j] = found
-        self.layouts[group] = (self.cut, layout)
-        return first
+        return layout
 
     def _batch0_outputs(self) -> dict[str, Any] | None:
         """The cached outputs of the replayed modules for batch 0 (``None``: none cached)."""
@@ -498,7 +529,7 @@ class ActivationCache:
     def _full(self, pruned: nn.Module) -> float:
         """The metric of ``pruned`` run on every batch as ``data`` gives them (no cache)."""
         outputs, targets = full_outputs(pruned, self.data, self.device)
-        _check_shapes(outputs[0], self.output0)
+        check_shapes(outputs[0], self.output0)
         return float(self.metric(outputs, targets))
 
     def _run(
@@ -516,35 +547,6 @@ class ActivationCache:
                     return None
                 outputs.extend(parts)
         return outputs
-
-
-def _member_of(
-    cached: torch.Tensor, now: Any, members: Sequence[Any], group: Any, drop: Sequence[int]
-) -> tuple[Any, int] | None:
-    """``(member, channels)`` if ``now`` is ``cached`` without ``member``'s channels of the
-    dropped roots (dim 1), bit for bit, and no member of another layout also fits."""
-    if not isinstance(now, torch.Tensor) or cached.dim() < 2 or now.dim() != cached.dim():
-        return None
-    channels, found, layouts = cached.shape[1], None, set()
-    for member in members:
-        gone = set(group.member_channels(member, drop))
-        if channels - len(gone) != now.shape[1] or any(i >= channels for i in gone):
-            continue
-        kept = torch.tensor([i for i in range(channels) if i not in gone], device=cached.device)
-        if torch.equal(cached.index_select(1, kept), now):
-            found = found or (member, channels)
-            layouts.add((member.idxs, member.root_idxs))
-    return found if len(layouts) == 1 else None
-
-
-def _check_shapes(output: Any, reference: Any) -> None:
-    shapes = [tuple(t.shape) for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
-    want = [tuple(t.shape) for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
-    if shapes != want:
-        raise ValueError(
-            f"pruning changed the output shapes {want} -> {shapes}; slimkit missed a channel "
-            "coupling: pass the layers involved in ignore="
-        )
 
 
 def _leading(outputs: list[Any], sizes: list[int], limit: int) -> list[Any]:

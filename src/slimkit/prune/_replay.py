@@ -27,11 +27,13 @@ __all__ = [
     "ancestors",
     "batch_size",
     "call",
+    "check_shapes",
     "clone_tree",
     "freeze",
     "full_metric",
     "full_outputs",
     "keyed_leaves",
+    "member_of",
     "merge_batches",
     "nbytes",
     "recording",
@@ -345,3 +347,33 @@ def split_batches(tree: Any, sizes: list[int]) -> list[Any] | None:
         if leaves
         else None
     )
+
+
+# ------------------------------------------------------------------------- checking pruned runs
+def member_of(
+    cached: torch.Tensor, now: Any, members: Sequence[Any], group: Any, drop: Sequence[int]
+) -> tuple[Any, int] | None:
+    """``(member, channels)`` if ``now`` is ``cached`` without ``member``'s channels of the
+    dropped roots (dim 1), bit for bit, and no member of another layout also fits."""
+    if not isinstance(now, torch.Tensor) or cached.dim() < 2 or now.dim() != cached.dim():
+        return None
+    channels, found, layouts = cached.shape[1], None, set()
+    for member in members:
+        gone = set(group.member_channels(member, drop))
+        if channels - len(gone) != now.shape[1] or any(i >= channels for i in gone):
+            continue
+        kept = torch.tensor([i for i in range(channels) if i not in gone], device=cached.device)
+        if torch.equal(cached.index_select(1, kept), now):
+            found = found or (member, channels)
+            layouts.add((member.idxs, member.root_idxs))
+    return found if len(layouts) == 1 else None
+
+
+def check_shapes(output: Any, reference: Any) -> None:
+    shapes = [tuple(t.shape) for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    want = [tuple(t.shape) for t in pytree.tree_leaves(reference) if isinstance(t, torch.Tensor)]
+    if shapes != want:
+        raise ValueError(
+            f"pruning changed the output shapes {want} -> {shapes}; slimkit missed a channel "
+            "coupling: pass the layers involved in ignore="
+        )
