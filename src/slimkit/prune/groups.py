@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import itertools
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -40,13 +38,9 @@ __all__ = [
     "ChannelGroup",
     "ExampleInputs",
     "GroupMember",
-    "GroupReport",
     "GroupSet",
     "IgnoreSpec",
     "UnprunedGroupsWarning",
-    "channel_groups",
-    "find_groups",
-    "prunable_groups",
     "resolve_ignore",
 ]
 
@@ -388,98 +382,6 @@ def _check_removal(group: ChannelGroup, channels: list[int]) -> None:
             )
     if len(chosen) >= group.num_channels:
         raise ValueError(f"group '{group.name}' must keep at least one channel")
-
-
-@dataclass(frozen=True)
-class GroupReport:
-    """The result of :func:`find_groups`.
-
-    Attributes:
-        groups: The prunable groups, in module order.
-        unpruned: Groups left unpruned because slimkit cannot prove their coupling (or pruning
-            them fails the self-check), with the reason.
-    """
-
-    groups: list[ChannelGroup]
-    unpruned: dict[str, str]
-
-    @property
-    def names(self) -> list[str]:
-        return [g.name for g in self.groups]
-
-
-def find_groups(
-    module: nn.Module,
-    example_inputs: ExampleInputs,
-    ignore: IgnoreSpec = (),
-    check: bool = True,
-) -> GroupReport:
-    """Find the prunable groups of ``module`` and those left unpruned, with the reasons.
-
-    Args:
-        module: Any ``nn.Module`` (left untouched).
-        example_inputs: A tensor, a tuple of positional inputs or a dict of keyword inputs.
-        ignore: Modules of ``module``, their qualified names, or module types.
-        check: Also prune one channel (or tied set) of every group on a copy and compare it with
-            the original whose same channels are zeroed; groups that fail are left unpruned.
-    """
-    names = resolve_ignore(module, ignore)
-    found = GroupSet(module, example_inputs, names)
-    unpruned = found.unsupported
-    groups = list(found.groups.values())
-    if check and groups:
-        from .verify import failing_groups
-
-        failed = failing_groups(module, example_inputs, names, groups)
-        unpruned.update(failed)
-        groups = [g for g in groups if g.name not in failed]
-    return GroupReport(groups, unpruned)
-
-
-def warn_unpruned(unpruned: Mapping[str, str], stacklevel: int = 3) -> None:
-    """One warning listing every group left unpruned and why."""
-    if not unpruned:
-        return
-    lines = "\n".join(f"  {name}: {reason}" for name, reason in unpruned.items())
-    warnings.warn(
-        f"slimkit leaves {len(unpruned)} group(s) unpruned because it cannot prove their channel "
-        f"coupling (the rest of the model is pruned):\n{lines}",
-        UnprunedGroupsWarning,
-        stacklevel=stacklevel,
-    )
-
-
-def prunable_groups(
-    module: nn.Module, example_inputs: ExampleInputs, ignore: IgnoreSpec = ()
-) -> list[str]:
-    """Return the names of every prunable set of coupled channels of ``module``.
-
-    Args:
-        module: Any ``nn.Module`` (left untouched); its ``prune_ignore`` names are honoured.
-        example_inputs: A tensor, a tuple of positional inputs or a dict of keyword inputs.
-        ignore: Modules of ``module``, their qualified names, or module types (every instance)
-            never to be pruned as a group root; a single one or a list.
-
-    Returns:
-        Group names (qualified names of the root layers), in module order. Groups feeding a model
-        output, coupled with an ignored layer's outputs, or touching the model input are left
-        out; so are groups whose coupling slimkit cannot prove (one ``UnprunedGroupsWarning``
-        lists them with the reasons). Every listed group prunes correctly: it was checked by
-        pruning one of its channels on a copy.
-    """
-    report = find_groups(module, example_inputs, ignore)
-    warn_unpruned(report.unpruned)
-    return report.names
-
-
-def channel_groups(
-    module: nn.Module, example_inputs: ExampleInputs, ignore: IgnoreSpec = ()
-) -> list[ChannelGroup]:
-    """Like :func:`prunable_groups`, but return the groups with their members and indices.
-
-    It does not warn about groups left unpruned: :func:`find_groups` returns them with reasons.
-    """
-    return find_groups(module, example_inputs, ignore).groups
 
 
 def group_error(name: str, found: GroupSet) -> ValueError:

@@ -12,16 +12,10 @@ import torch
 from torch import nn
 
 from .criteria import Criterion, get_criterion
-from .groups import (
-    ChannelGroup,
-    ExampleInputs,
-    GroupSet,
-    IgnoreSpec,
-    resolve_ignore,
-    warn_unpruned,
-)
+from .discovery import failing_entries, warn_unpruned
+from .groups import ChannelGroup, ExampleInputs, GroupSet, IgnoreSpec, resolve_ignore
 from .plan import GroupPlan, PrunePlan, apply_to_groups
-from .verify import TOLERANCE, compare_pruned, failing_entries
+from .verify import TOLERANCE, compare_pruned
 
 __all__ = ["prune_model", "select_channels"]
 

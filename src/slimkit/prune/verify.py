@@ -5,8 +5,8 @@ the output rows and biases of each coupled layer, BatchNorm weights and statisti
 parameters added per channel, and the input columns of each consumer. Normalisations that mix
 channels (LayerNorm over channels, GroupNorm) compute their statistics over the kept channels
 only. The pruned model must then give the same outputs (:func:`compare_pruned`), whatever the
-activations; :func:`failing_groups` runs that check on one channel per group to find the groups
-whose coupling is wrong.
+activations; :mod:`slimkit.prune.discovery` runs that check on one channel per group to find the
+groups whose coupling is wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from slimkit._utils import eval_mode
 from ._inspect import ChannelGroup, GroupMember
 from ._tracing import ExampleInputs, call_module
 
-__all__ = ["compare_pruned", "failing_entries", "failing_groups", "masked_model"]
+__all__ = ["TOLERANCE", "compare_pruned", "masked_model"]
 
 TOLERANCE = 1e-4  # |pruned - masked| <= TOLERANCE * max(1, max |masked|) per output tensor
 
@@ -229,90 +229,3 @@ def compare_pruned(
         diff = (g.double() - w.double()).abs().max().item() if w.numel() else 0.0
         worst = max(worst, diff / scale if math.isfinite(diff) else math.inf)
     return worst
-
-
-def one_unit_plan(groups: Sequence[ChannelGroup]) -> Any:
-    """A plan that removes the last free channel (or tied set) of every group that can."""
-    from .plan import GroupPlan, PrunePlan
-
-    entries = []
-    for group in groups:
-        free = group.free
-        tied = {i: tie for tie in group.ties for i in tie}
-        if not free:
-            continue
-        drop = set(tied.get(free[-1], (free[-1],)))
-        kept = tuple(i for i in range(group.num_channels) if i not in drop)
-        if kept:
-            entries.append(GroupPlan(group.name, group.num_channels, kept))
-    return PrunePlan(criterion="check", groups=tuple(entries))
-
-
-def failing_groups(
-    model: nn.Module,
-    example_inputs: ExampleInputs,
-    ignore: Sequence[str],
-    groups: Sequence[ChannelGroup],
-) -> dict[str, str]:
-    """Groups whose one-channel pruning fails or differs from the masked original, bisected.
-
-    Args:
-        model: The original model (left untouched).
-        example_inputs: Inputs to run both models on.
-        ignore: Qualified names of ignored modules (as used to find ``groups``).
-        groups: The groups to check.
-
-    Returns:
-        ``{name: reason}`` for every group that fails on its own (or only with others).
-    """
-    return failing_entries(model, example_inputs, ignore, groups, one_unit_plan(groups))
-
-
-def failing_entries(
-    model: nn.Module,
-    example_inputs: ExampleInputs,
-    ignore: Sequence[str],
-    groups: Sequence[ChannelGroup],
-    plan: Any,
-) -> dict[str, str]:
-    """The entries of ``plan`` whose pruning fails or breaks the masked equality, bisected."""
-    names = [e.name for e in plan.groups if e.dropped]
-    return _bisect(lambda sub: _trial(model, example_inputs, ignore, groups, plan, sub), names)
-
-
-def _bisect(test: Callable[[list[str]], str | None], names: list[str]) -> dict[str, str]:
-    if not names:
-        return {}
-    reason = test(names)
-    if reason is None:
-        return {}
-    if len(names) == 1:
-        return {names[0]: reason}
-    half = len(names) // 2
-    failed = _bisect(test, names[:half])
-    failed.update(_bisect(test, names[half:]))
-    return failed or {n: f"{reason} (only when pruned together with others)" for n in names}
-
-
-def _trial(
-    model: nn.Module,
-    example_inputs: ExampleInputs,
-    ignore: Sequence[str],
-    groups: Sequence[ChannelGroup],
-    plan: Any,
-    names: list[str],
-) -> str | None:
-    """Prune ``names`` by one unit on a copy; ``None`` if it equals the masked original."""
-    from .groups import GroupSet
-    from .plan import PrunePlan, apply_to_groups
-
-    sub = PrunePlan(plan.criterion, tuple(e for e in plan.groups if e.name in set(names)))
-    pruned = copy.deepcopy(model)
-    try:
-        apply_to_groups(GroupSet(pruned, example_inputs, ignore), sub)
-        diff = compare_pruned(model, groups, pruned, sub, example_inputs)
-    except Exception as err:  # any failure of a trial means: not proven, leave it alone
-        return f"pruning it breaks the model ({err})"
-    if diff > TOLERANCE:
-        return f"the pruned model differs from the masked original by {diff:.2g} (relative)"
-    return None
