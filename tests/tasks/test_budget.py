@@ -254,3 +254,27 @@ def test_adaptive_bn_re_estimates_batchnorm_on_training_images():
     torch.testing.assert_close(net[1].running_var, var)
     assert net[1].momentum == 0.1 and not any(m.training for m in net.modules())
     assert torch.equal(net[0].weight, weights)
+
+
+def test_sensitivity_file_criterion_is_used_and_checked(tmp_path):
+    """A file analysed with fpgm prunes with fpgm by default; asking for l1 is an error."""
+    model = _unet()
+    path = tmp_path / "fpgm.sensi.json"
+    analyze_sensitivity(
+        model.net,
+        eval_fn=shape_metric,
+        example_inputs=model.example_inputs(),
+        ratios=(0.25, 0.5, 0.75),
+        save_file=path,
+        progress=False,
+        metric_name="miou",
+        architecture=model.sensitivity_key,
+        criterion="fpgm",
+    )
+    with pytest.raises(ValueError, match="analysed with criterion 'fpgm' but are used with 'l1'"):
+        _unet().prune(
+            sensitivities_file=path, eval_metric_loss=0.2, prune_mode="per_group", criterion="l1"
+        )
+    pruned = _unet()
+    pruned.prune(sensitivities_file=path, eval_metric_loss=0.2, prune_mode="per_group")
+    assert pruned.prune_plan is not None and pruned.prune_plan.criterion == "fpgm"

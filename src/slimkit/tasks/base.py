@@ -226,7 +226,7 @@ class BaseTask:
         pruned_flops: float | None = None,
         eval_dataset: Any = None,
         bn_dataset: Any = None,
-        criterion: str = "l1",
+        criterion: str | None = None,
         round_to: int | None = 8,
         log_fn: Callable[[str], None] = log,
         verify: bool = False,
@@ -249,7 +249,9 @@ class BaseTask:
             eval_dataset: The evaluation set the losses are measured on.
             bn_dataset: Training images that re-estimate each pruned candidate's BatchNorm
                 statistics before it is measured (``adaptive_bn``); ``train`` passes its own.
-            criterion: Channel importance (see ``slimkit.prune.CRITERIA``).
+            criterion: Channel importance (see ``slimkit.prune.CRITERIA``); None: ``"l1"`` for
+                ``ratios``, the sensitivity file's own criterion for ``sensitivities_file`` (another
+                criterion than the file's is a ``ValueError``).
             round_to: Kept channels of each group rounded up to a multiple of this (None: exact);
                 odd channel counts can run slower than the original (README, "Round pruned ...").
             log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
@@ -273,7 +275,7 @@ class BaseTask:
                 raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
             assert ratios is not None
             self.net, self.prune_plan, summary = prune_net(
-                self.net, ratios, x, self.prune_plan, criterion, round_to, verify
+                self.net, ratios, x, self.prune_plan, criterion or "l1", round_to, verify
             )
             self.status = "Prune"
             what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"

@@ -506,13 +506,17 @@ def prune_with_sensitivities(
     """
     file, key, architecture = sensitivities
     path = resolve_sensitivities(key, file)
+    from slimkit.prune.sensitivity_file import check_criterion  # heavy: imports torch-pruning
+
     sens = load_model_sensitivities(path, key, architecture)
+    criterion = options["criterion"] or sens.get("criterion") or "l1"
+    check_criterion(sens, criterion, f"the sensitivities in {path.name!r}")
     pruning = SensitivityPruning(
         net,
         sens,
         example_inputs,
         previous_plan,
-        options["criterion"],
+        criterion,
         options["round_to"],
         evaluate,
         metric_name,
