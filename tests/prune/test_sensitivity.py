@@ -23,6 +23,7 @@ from sensitivity_models import (
 )
 from torch import nn
 
+from slimkit.prune import UnprunedGroupsWarning
 from slimkit.prune.ratios import get_ratios_by_loss
 from slimkit.prune.sensitivity import analyze_sensitivity
 from slimkit.prune.sensitivity_file import load_sensitivities, merge_sensitivities
@@ -375,7 +376,8 @@ def test_cache_levels_are_built_only_when_they_pay(
 
 
 class FixedWidth(nn.Module):
-    """A head that only runs with the channel count it was built with (a check in Python)."""
+    """A head that only runs with the channel count it was built with (a check in Python):
+    the one-channel trial of group discovery already fails, so the group is never measured."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -391,11 +393,40 @@ class FixedWidth(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+class NarrowFails(FixedWidth):
+    """Runs with one channel fewer (the discovery trial passes) but fails below 12 of 16: the
+    analysis itself finds the failure, at ratio 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))
+        if y.shape[1] < 12:
+            raise RuntimeError(f"expected 16 channels, got {y.shape[1]}")
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_group_discovery_cannot_prove_is_recorded_and_never_measured(
+    fast: bool, tmp_path: Path
+) -> None:
+    model = randomize_bn(FixedWidth())
+    data = make_data(model)
+    path = tmp_path / "s.json"
+    with pytest.warns(UnprunedGroupsWarning, match="b.0: pruning it breaks the model"):
+        result = analyze_sensitivity(
+            model, data, closeness, ratios=RATIOS, save_file=path, fast=fast, progress=False
+        )
+    assert list(result) == ["a.0"]
+    saved = load_sensitivities(path)
+    assert list(saved["sensitivities"]) == ["a.0"]
+    assert "16 channels" in saved["unprunable"]["b.0"]
+    assert set(get_ratios_by_loss(path, 10.0)) == {"a.0"}
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_group_whose_pruned_model_fails_is_recorded_and_skipped(
     fast: bool, tmp_path: Path
 ) -> None:
-    model = randomize_bn(FixedWidth())
+    model = randomize_bn(NarrowFails())
     data = make_data(model)
     path = tmp_path / "s.json"
     with pytest.warns(UserWarning, match="'b.0' is left out.*unprunable"):
@@ -405,7 +436,7 @@ def test_a_group_whose_pruned_model_fails_is_recorded_and_skipped(
     assert list(result) == ["a.0"] and all(v > 0 for v in result["a.0"].values())
     saved = load_sensitivities(path)
     assert list(saved["sensitivities"]) == ["a.0"]
-    assert "at ratio 0.25" in saved["unprunable"]["b.0"]
+    assert "at ratio 0.5" in saved["unprunable"]["b.0"]
     assert (
         "16 channels" in saved["unprunable"]["b.0"]
         or "no longer runs" in saved["unprunable"]["b.0"]
@@ -453,7 +484,7 @@ class NanWhenNarrow(FixedWidth):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.b(self.a(x))
         out = self.fc(y.mean((2, 3)))
-        return out * math.nan if y.shape[1] != 16 else out
+        return out * math.nan if y.shape[1] < 12 else out  # the 1-channel trial passes
 
 
 def test_a_pruned_model_with_a_nan_metric_is_unprunable(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from slimkit._utils import eval_mode
 from ._cache import ActivationCache
 from ._replay import full_metric, to_device
 from .criteria import get_criterion
-from .discovery import find_groups
+from .discovery import find_groups, warn_unpruned
 from .groups import GroupSet, IgnoreSpec, resolve_ignore
 from .pruner import prune_model, select_channels
 from .sensitivity_file import (
@@ -321,6 +321,16 @@ def _give_up(record: dict[str, Any], group: str, reason: str) -> None:
     )
 
 
+def _record_unpruned(record: dict[str, Any], unpruned: dict[str, str], rank: int) -> None:
+    """Groups discovery leaves unpruned (their coupling is not proven): recorded as unprunable,
+    never measured, one warning (from the first rank)."""
+    new = {g: r for g, r in unpruned.items() if g not in record["sensitivities"]}
+    if rank == 0:
+        warn_unpruned({g: r for g, r in new.items() if g not in record["unprunable"]}, 4)
+    for group, reason in new.items():
+        record["unprunable"].setdefault(group, reason)
+
+
 def analyze_sensitivity(
     module: nn.Module,
     data: Iterable[tuple[Any, Any]] | None = None,
@@ -411,9 +421,7 @@ def analyze_sensitivity(
         record = fresh if restart else _resumed(fresh, path)
         evaluator = _evaluator(module, data, metric, eval_fn, device, fast, cache_memory_mb)
         check_baseline(record, evaluator.baseline, path)
-        for group, reason in pruner.unpruned.items():  # never measured: slimkit leaves them
-            if group not in record["sensitivities"]:
-                record["unprunable"].setdefault(group, reason)
+        _record_unpruned(record, pruner.unpruned, rank)
         _start_file(own, record, restart)
         mine = {g: pruner.groups[g] for g in names[rank::size]}  # module order: depths mix
         _measure(record, mine, grid, evaluator, pruner, loss_cap, own, progress and rank == 0)
