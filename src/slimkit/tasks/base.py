@@ -18,16 +18,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from slimkit._checks import MAX_CLASSES, MAX_INPUT_SIDE, check_float, check_int
+from slimkit._io import recover_all
 from slimkit._utils import as_hw
 from slimkit.data import collate_fn
+from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
 from slimkit.tasks import modeldir
+from slimkit.tasks.checks import (
+    check_net_size,
+    check_train_args,
+    check_train_targets,
+    dataset_dirs,
+)
 from slimkit.tasks.logging import log
 from slimkit.tasks.pruning import prune_net, ratios_within_loss, resolve_sensitivities
 from slimkit.tasks.runtime import OrtRunner
@@ -49,20 +57,23 @@ class BaseTask:
         labels: Sequence[str] | None = None,
         **model_kwargs: Any,
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", 1, MAX_CLASSES)
         spec = _checked_spec(architecture, self.task)
         if input_size is None:
             input_size = spec.input_size
         if input_size is None:
             raise ValueError(f"model {architecture!r} has no default input_size; pass input_size=")
         self.architecture = architecture
-        self.num_classes = num_classes
+        self.num_classes = int(num_classes)
         self.input_size = as_hw(input_size, "input_size")
-        self.mean = tuple(float(m) for m in (spec.mean if mean is None else mean))
-        self.std = tuple(float(s) for s in (spec.std if std is None else std))
-        self.labels = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
+        for side in self.input_size:
+            check_int(side, "input_size", 1, MAX_INPUT_SIDE)
+        self.mean = _channel_values(spec.mean if mean is None else mean, "mean")
+        self.std = _channel_values(spec.std if std is None else std, "std", positive=True)
+        self.labels = _label_names(labels, self.num_classes)
         self.model_kwargs = dict(model_kwargs)
+        check_net_size(architecture, self._net_kwargs())
+        self.source_dir: Path | None = None  # the model directory load_model read it from
         self.status = "Normal"
         self.prune_plan: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
@@ -182,14 +193,13 @@ class BaseTask:
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected an HxWx3 RGB uint8 array, got shape {image.shape}")
             return image.astype(np.uint8)
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image {str(path)!r} not found")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+        if not isinstance(image, (str, os.PathLike)):
+            raise TypeError(
+                f"predict takes image paths or HxWx3 uint8 arrays, got {type(image).__name__}"
+            )
+        if not Path(image).is_file():
+            raise ValueError(f"image {str(image)!r} not found")
+        return read_image(os.fspath(image))
 
     @torch.inference_mode()
     def predict(self, image: Any) -> Any:
@@ -283,6 +293,7 @@ class BaseTask:
         prune_round_to: int | None = 8,
         num_workers: int = 0,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> dict[str, float]:
         """Train (or, with ``sensitivities_file``, prune then fine-tune) the model.
 
@@ -307,14 +318,38 @@ class BaseTask:
                 (SIMD-friendly shapes; None keeps the exact ratios).
             num_workers: DataLoader workers.
             progress: Show progress bars and per-epoch lines.
+            overwrite: Replace model directories already at ``save_dir/best_model`` and
+                ``save_dir/epoch_N`` (otherwise refused, before training starts). The inputs
+                (``pretrain_weights``, the sensitivity file, the datasets, the directory this
+                model was loaded from) are never written over.
 
         Returns:
             The best evaluation metrics (empty when no ``eval_dataset``).
         """
-        if num_epochs < 0:
-            raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
-        save_dir = Path(save_dir)
+        check_train_args(
+            num_epochs,
+            train_batch_size,
+            save_interval_epochs,
+            log_interval_steps,
+            learning_rate,
+            warmup_steps,
+            lr_decay_epochs,
+            weight_decay,
+            prune_round_to,
+            num_workers,
+        )
+        if sensitivities_file is not None:
+            check_float(
+                eval_metric_loss, "eval_metric_loss", 0.0, 1.0, low_open=True, high_open=True
+            )
+        sources = [self.source_dir, pretrain_weights, *dataset_dirs(train_dataset, eval_dataset)]
+        if sensitivities_file is not None and str(sensitivities_file) != "DEFAULT":
+            sources.append(sensitivities_file)
+        save_dir = check_train_targets(
+            save_dir, num_epochs, save_interval_epochs, overwrite, sources
+        )
         save_dir.mkdir(parents=True, exist_ok=True)
+        recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
         if pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
@@ -393,12 +428,12 @@ class BaseTask:
                     line += " " + " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
                     if not best or self.metrics[self.metric_name] > best[self.metric_name]:
                         best = dict(self.metrics)
-                        self.save(save_dir / "best_model")
-                self.save(save_dir / f"epoch_{epoch}")
+                        self.save(save_dir / "best_model", overwrite=True)  # checked in train()
+                self.save(save_dir / f"epoch_{epoch}", overwrite=True)
             if progress:
                 log(line)
         if eval_dataset is None or num_epochs == 0:
-            self.save(save_dir / "best_model")
+            self.save(save_dir / "best_model", overwrite=True)
         return best
 
     def _build_optimizer(
@@ -445,18 +480,19 @@ class BaseTask:
             "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
 
-    def save(self, save_dir: str | os.PathLike) -> Path:
+    def save(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model directory as one unit: weights, pruning plan (if pruned), ``model.yml``.
 
-        An existing model directory at ``save_dir`` is replaced whole (a kill never leaves a mix);
-        a directory holding other files is refused.
+        ``save_dir`` must be new or empty; an existing model directory is replaced whole with
+        ``overwrite=True`` (a kill never leaves a mix); a directory holding other files is never
+        replaced (see :mod:`slimkit._outputs`).
         """
         if self.net is None:
             raise ValueError(
                 "a Quant model has no torch weights to save; copy its directory instead"
             )
         save_dir = Path(save_dir)
-        with modeldir.writing(save_dir) as tmp:
+        with modeldir.writing(save_dir, overwrite) as tmp:
             modeldir.save_weights(self.net, tmp)
             if self.prune_plan is not None:
                 # torch-pruning is heavy: slimkit.prune loads only when a pruned model is saved
@@ -495,6 +531,29 @@ class BaseTask:
         )
         self.status = info["status"]
         self.metrics = dict(info.get("metrics", {}))
+
+
+def _channel_values(values: Any, name: str, positive: bool = False) -> tuple[float, ...]:
+    """``mean``/``std``: three finite numbers (R, G, B); std > 0."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+        raise ValueError(f"{name} must be three numbers (R, G, B), got {values!r}")
+    return tuple(
+        check_float(v, name, 0.0 if positive else None, None, low_open=positive) for v in values
+    )
+
+
+def _label_names(labels: Any, num_classes: int) -> list[str]:
+    """Class names: one per class (default ``"0"``, ``"1"``, ...)."""
+    if labels is None:
+        return [str(i) for i in range(num_classes)]
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a list of class names, got {labels!r}")
+    if len(labels) != num_classes:
+        raise ValueError(
+            f"labels has {len(labels)} class names but num_classes is {num_classes}; "
+            "give one name per class"
+        )
+    return [str(x) for x in labels]
 
 
 def _checked_spec(architecture: str, task: str) -> ModelSpec:
