@@ -348,8 +348,6 @@ class BaseTask:
         save_dir = check_train_targets(
             save_dir, num_epochs, save_interval_epochs, overwrite, sources
         )
-        save_dir.mkdir(parents=True, exist_ok=True)
-        recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
         if pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
@@ -368,6 +366,7 @@ class BaseTask:
             warmup_steps,
             lr_decay_epochs,
         )
+        recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
         best = self._fit(
             loader,
             opt,

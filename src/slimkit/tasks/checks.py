@@ -80,9 +80,14 @@ def check_train_targets(
     save_dir = Path(save_dir)
     if os.path.lexists(save_dir) and not save_dir.is_dir():
         raise ValueError(f"save_dir {str(save_dir)!r} is a file; give a directory")
-    sources = list(sources)
+    if (save_dir / modeldir.MODEL_YML).is_file():
+        raise ValueError(
+            f"save_dir {str(save_dir)!r} is a model directory; training writes best_model/ and "
+            "epoch_N/ into save_dir: choose another directory"
+        )
+    inputs = list(sources)
     for target in train_targets(save_dir, num_epochs, save_interval):
-        modeldir.check_model_target(target, overwrite, sources)
+        modeldir.check_model_target(target, overwrite, inputs)
     return save_dir
 
 
