@@ -18,7 +18,7 @@ from slimkit._outputs import check_sources, check_target
 from slimkit.quant import QuantConfig, QuantResult, export_onnx, quantize
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
-from slimkit.tasks.checks import dataset_dirs
+from slimkit.tasks.checks import check_dataset, dataset_dirs
 from slimkit.tasks.loading import load_model
 from slimkit.tasks.logging import log
 from slimkit.tasks.pruning import resolve_sensitivities
@@ -134,6 +134,17 @@ def prune(
     return model
 
 
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    """Names or patterns: one string is one name (never split into characters)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise TypeError(f"{name} must be a string or a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _ratios(ratios: Any) -> float | dict[str, float]:
     """A uniform ratio (a number, or a string holding one) or ``{group: ratio}``, values checked."""
     if isinstance(ratios, str):
@@ -179,13 +190,14 @@ def export_quant_model(
     was loaded from. Returns the loaded Quant model.
     """
     _require_net(model, "slim.export_quant_model")
+    check_dataset(test_dataset, "test_dataset")
     check_int(batch_size, "batch_size", 1)
     check_int(batch_num, "batch_num", 1)
     if max_metric_drop is not None:
         check_float(max_metric_drop, "max_metric_drop", 0.0)
     if len(test_dataset) == 0:
         raise ValueError("the calibration dataset is empty")
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    exclude = _names(exclude, "exclude")
     config = QuantConfig(
         algo=algo, batch_num=batch_num, exclude=exclude, max_metric_drop=max_metric_drop
     )

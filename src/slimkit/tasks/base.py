@@ -31,6 +31,7 @@ from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
 from slimkit.tasks import modeldir
 from slimkit.tasks.checks import (
+    check_dataset,
     check_net_size,
     check_train_args,
     check_train_targets,
@@ -149,6 +150,8 @@ class BaseTask:
         self, dataset: Any, batch_size: int, train: bool = False, num_workers: int = 0
     ) -> DataLoader:
         """A DataLoader of ``(images, targets)`` batches with the task's default transforms."""
+        check_dataset(dataset)
+        check_int(batch_size, "batch_size", 1)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty; check its file list")
         ds = self._transformed(dataset, train)
@@ -338,6 +341,9 @@ class BaseTask:
             prune_round_to,
             num_workers,
         )
+        check_dataset(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            check_dataset(eval_dataset, "eval_dataset")
         if sensitivities_file is not None:
             check_float(
                 eval_metric_loss, "eval_metric_loss", 0.0, 1.0, low_open=True, high_open=True

@@ -91,6 +91,24 @@ def check_train_targets(
     return save_dir
 
 
+def check_dataset(dataset: Any, name: str = "dataset") -> None:
+    """A ``TypeError`` unless ``dataset`` is a map-style dataset (a slimkit dataset or alike).
+
+    A path is refused with a hint: the task API takes dataset objects, the CLI takes directories.
+    """
+    if isinstance(dataset, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"{name} must be a dataset object, got the path {dataset!r}; open it with e.g. "
+            "slimkit.datasets.ImageNet(data_dir, file_list, label_list) or "
+            "slimkit.tasks.factory.open_split(task, data_dir, split)"
+        )
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"{name} must be a dataset (e.g. slimkit.datasets.ImageNet(...)), got "
+            f"{type(dataset).__name__}"
+        )
+
+
 def dataset_dirs(*datasets: Any) -> list[str]:
     """The root directories of slimkit datasets (inputs a run must not write over)."""
     roots = [getattr(d, "data_dir", None) or getattr(d, "root", None) for d in datasets]
