@@ -14,18 +14,18 @@ measured because a smaller ratio already lost more than ``loss_cap``. In memory 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from slimkit._io import atomic_write_json
 
 __all__ = [
     "FORMAT",
@@ -128,18 +128,9 @@ def _write_atomic(path: Path, record: dict[str, Any]) -> None:
         g: {ratio_key(r): loss for r, loss in sorted(losses.items())}
         for g, losses in sorted(record["sensitivities"].items())
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # atomic_file: a temp name tagged with the writer's pid, deleted by the next writer of the
+    # file once that process is gone (a kill -9 runs no cleanup)
+    atomic_write_json(path, out)
 
 
 _IDENTITY = ("architecture", "fingerprint", "metric", "criterion")
