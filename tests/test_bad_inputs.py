@@ -80,6 +80,17 @@ YML_CHANGES = {
 }
 
 
+PLAN_CHANGES = {  # what a pruning plan may not hold (its second group edited)
+    "plan_negative_index": lambda g: g.update(kept=[-1, *g["kept"][1:]]),
+    "plan_float_index": lambda g: g.update(kept=[0.5, *g["kept"][1:]]),
+    "plan_huge_index": lambda g: g.update(kept=[*g["kept"][:-1], 10**12]),
+    "plan_repeated_index": lambda g: g.update(kept=[g["kept"][0], *g["kept"][:-1]]),
+    "plan_channels_nan": lambda g: g.update(num_channels=float("nan")),
+    "plan_channels_huge": lambda g: g.update(num_channels=10**12),
+    "plan_nothing_kept": lambda g: g.update(kept=[]),
+}
+
+
 def _make_model_dirs(world: Path, data: Path) -> None:
     import slimkit
     from slimkit import slim
@@ -125,6 +136,11 @@ def _make_broken_dirs(world: Path) -> None:
     (bad / "plan_missing" / "prune_plan.json").unlink()
     shutil.copytree(world / "p", bad / "plan_garbage")
     (bad / "plan_garbage" / "prune_plan.json").write_text("{not json")
+    for name, change in PLAN_CHANGES.items():
+        shutil.copytree(world / "p", bad / name)
+        plan = json.loads((bad / name / "prune_plan.json").read_text())
+        change(plan["groups"][1])
+        (bad / name / "prune_plan.json").write_text(json.dumps(plan))
     (bad / "yml_is_dir").mkdir()
     (bad / "yml_is_dir" / "model.yml").mkdir()
     shutil.copytree(world / "m", bad / "yml_binary")
@@ -564,6 +580,7 @@ CASES: dict[str, list[str]] = {
             "plan_garbage",
             "yml_is_dir",
             "yml_binary",
+            *PLAN_CHANGES,
         )
     },
     "model_dir_missing": ["evaluate", "{w}/none", "--data", "{d}"],

@@ -243,3 +243,38 @@ def test_one_line_for_os_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("slimkit.cli.make_dataset", full)
     assert main(["datasets", "make", "--task", "cls", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err == f"slimkit: error: No space left on device: '{tmp_path}/x'\n"
+
+
+# -- values read back from a calibration cache ------------------------------------------------------
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda meta, hist: meta["tensors"]["x"].update(upper=float("nan")),
+        lambda meta, hist: meta["tensors"]["x"].update(upper=-1.0),
+        lambda meta, hist: meta["tensors"]["x"].update(count=-5),
+        lambda meta, hist: meta["tensors"]["x"].update(count=10**9),  # does not add up
+        lambda meta, hist: meta["tensors"]["x"].update(min=float("inf")),
+        lambda meta, hist: meta["tensors"]["x"].update(min=3.0, max=-3.0),
+        lambda meta, hist: meta["tensors"]["x"].pop("upper"),
+        lambda meta, hist: meta["tensors"]["x"].update(upper="big"),
+        lambda meta, hist: meta.update(tensors=[1, 2]),
+        lambda meta, hist: hist.__setitem__((0, 0), -7),
+    ],
+)
+def test_an_implausible_calibration_cache_is_recomputed(tmp_path, tamper):
+    import numpy as np
+
+    from slimkit.quant.observers import HistogramObserver, load_histograms, save_histograms
+
+    observer = HistogramObserver(64)
+    observer.update(np.linspace(-2.0, 3.0, 1000, dtype=np.float32))
+    meta_path = save_histograms(tmp_path, "k" * 64, {"x": observer}, {})
+    assert load_histograms(tmp_path, "k" * 64, ["x"])["x"].state() == observer.state()
+    meta = json.loads(meta_path.read_text())
+    with np.load(meta_path.with_suffix(".npz")) as data:
+        hist, neg = data["hist"].copy(), data["neg_hist"]
+    tamper(meta, hist)
+    meta_path.write_text(json.dumps(meta))
+    np.savez_compressed(meta_path.with_suffix(".npz"), hist=hist, neg_hist=neg)
+    assert load_histograms(tmp_path, "k" * 64, ["x"]) is None  # not trusted: calibrate again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [meta_path.name, f"calib_{'k' * 16}.npz"]
