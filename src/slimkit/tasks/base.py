@@ -538,12 +538,23 @@ class BaseTask:
         self.metrics = dict(info.get("metrics", {}))
 
 
+def _as_list(values: Any) -> list[Any] | None:
+    """``values`` as a list when it is a non-string iterable (list, tuple, numpy array)."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        return list(values)
+    except TypeError:
+        return None
+
+
 def _channel_values(values: Any, name: str, positive: bool = False) -> tuple[float, ...]:
     """``mean``/``std``: three finite numbers (R, G, B); std > 0."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 3:
+    items = _as_list(values)
+    if items is None or len(items) != 3:
         raise ValueError(f"{name} must be three numbers (R, G, B), got {values!r}")
     return tuple(
-        check_float(v, name, 0.0 if positive else None, None, low_open=positive) for v in values
+        check_float(v, name, 0.0 if positive else None, None, low_open=positive) for v in items
     )
 
 
@@ -551,14 +562,15 @@ def _label_names(labels: Any, num_classes: int) -> list[str]:
     """Class names: one per class (default ``"0"``, ``"1"``, ...)."""
     if labels is None:
         return [str(i) for i in range(num_classes)]
-    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+    names = _as_list(labels)
+    if names is None:
         raise TypeError(f"labels must be a list of class names, got {labels!r}")
-    if len(labels) != num_classes:
+    if len(names) != num_classes:
         raise ValueError(
-            f"labels has {len(labels)} class names but num_classes is {num_classes}; "
+            f"labels has {len(names)} class names but num_classes is {num_classes}; "
             "give one name per class"
         )
-    return [str(x) for x in labels]
+    return [str(x) for x in names]
 
 
 def _checked_spec(architecture: str, task: str) -> ModelSpec:
