@@ -146,14 +146,20 @@ def world(tmp_path_factory) -> Path:
 
 
 # -- what a directory holds -----------------------------------------------------------------------
-# keys of model.yml / model.quant.json that a rerun may legitimately change: timings, what they
-# decide, and paths (the report names the temporary directory it was written in)
-VARYING = ("latency", "shipped", "time", "_path")
+# keys of model.yml / model.quant.json that a rerun may legitimately change: timings and what
+# they decide (FP32 or INT8 shipped, hence the top-level metrics), paths (the report names the
+# temporary directory it was written in)
+VARYING = ("latency", "shipped", "time", "_path", "faster")
+VARYING_KEYS = ("metrics",)
 
 
 def _stable(value):
     if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if not any(w in k for w in VARYING)}
+        return {
+            k: _stable(v)
+            for k, v in value.items()
+            if k not in VARYING_KEYS and not any(w in k for w in VARYING)
+        }
     return value
 
 
@@ -170,24 +176,34 @@ def digests(model_dir: Path) -> dict[str, str]:
     return out
 
 
+GRAPHS = ("model.onnx", "model_fp32.onnx", "model_int8.onnx")
+SHIPPED = ("model.onnx", "model_int8.onnx")  # FP32 or INT8, by a latency measurement
+
+
+def _is_version(mine: dict[str, str], version: dict[str, str]) -> bool:
+    """Whether ``mine`` is ``version`` (the graph shipped may differ: FP32 or INT8)."""
+    graphs = {version[g] for g in GRAPHS if g in version}
+    needed = set(version) - {"model_int8.onnx"}
+    return needed <= set(mine) and all(
+        digest in graphs if name in SHIPPED else digest == version.get(name)
+        for name, digest in mine.items()
+    )
+
+
 def side_of(model_dir: Path, versions: dict[str, list[dict[str, str]]]) -> str:
     """``old`` or ``new``: the side whose complete version the directory equals; fails otherwise.
 
-    ``versions`` holds every complete version of each side. A Quant directory may ship its FP32
-    graph as model.onnx, so model.onnx may also equal that version's model_fp32.onnx.
+    ``versions`` holds every complete version of each side. A Quant directory ships the FP32 or the
+    INT8 graph as model.onnx by a latency measurement (the other one as model_int8.onnx or not at
+    all), so those two files may hold either graph of their version.
     """
     import slimkit
 
     slimkit.load_model(model_dir)  # loads (a complete directory)
     mine = digests(model_dir)
     for side, candidates in versions.items():
-        for version in candidates:
-            same = {k: mine.get(k) == v for k, v in version.items()}
-            if "model.onnx" in version and not same["model.onnx"]:
-                same["model.onnx"] = mine["model.onnx"] == version.get("model_fp32.onnx")
-            extra = set(mine) - set(version) - {"model_int8.onnx"}
-            if all(same.values()) and not extra:
-                return side
+        if any(_is_version(mine, version) for version in candidates):
+            return side
     raise AssertionError(f"{model_dir} matches no complete version: {mine}")
 
 
