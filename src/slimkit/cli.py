@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from slimkit import slim
-from slimkit._checks import MAX_INPUT_SIDE, check_float, check_int
+from slimkit._checks import MAX_CLASSES, MAX_INPUT_SIDE, check_float, check_int
 from slimkit._outputs import check_target
 from slimkit.bench.report import run_bench
 from slimkit.data.generate import make_dataset
 from slimkit.demo import run_demo
 from slimkit.models import TASKS, list_models
+from slimkit.models.external import load_weights, register_model_def
 from slimkit.prune import CRITERIA, merge_sensitivities
 from slimkit.quant.config import ALGOS
+from slimkit.tasks.base import BaseTask
+from slimkit.tasks.budget import PRUNE_MODES
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
 
@@ -167,6 +170,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         pretrain_weights=a.pretrain,
         sensitivities_file=a.sensitivities,
         eval_metric_loss=a.eval_metric_loss,
+        prune_mode=a.prune_mode,
+        pruned_flops=a.pruned_flops,
         prune_round_to=a.round_to or None,
         save_interval_epochs=a.save_interval,
         overwrite=a.overwrite,
@@ -195,20 +200,49 @@ def cmd_predict(a: argparse.Namespace) -> None:
         print(json.dumps({"image": str(image), "result": result}))
 
 
+def _open_model(a: argparse.Namespace) -> tuple[BaseTask, Any]:
+    """The model of a command (a model directory, or ``--model-def`` + ``--weights``) and, when
+    the command has ``--data``, the dataset split it reads."""
+    if (a.model_dir is None) == (a.model_def is None):
+        raise ValueError("give a model directory or --model-def MODULE:FACTORY (one of them)")
+    data = getattr(a, "data", None)
+    if a.model_def is None:
+        if a.weights is not None:
+            raise ValueError("--weights goes with --model-def; a model directory has its own")
+        model = load_model(a.model_dir)
+        return model, None if data is None else open_split(model.task, data, a.split)
+    name = register_model_def(a.model_def, a.task, a.input_size)
+    ds = None if data is None else open_split(a.task, data, a.split)
+    num_classes = a.num_classes if a.num_classes is not None else getattr(ds, "num_classes", None)
+    if num_classes is None:
+        raise ValueError("--model-def needs --num-classes (or --data to read it from)")
+    labels = getattr(ds, "labels", None) if a.num_classes is None else None
+    model = create_task(name, num_classes, a.input_size, labels=labels)
+    if a.weights is not None:
+        assert model.net is not None
+        load_weights(model.net, a.weights)
+    else:
+        print(f"note: no --weights: {a.model_def} keeps its factory's weights", file=sys.stderr)
+    return model, ds
+
+
 def cmd_prune(a: argparse.Namespace) -> None:
+    plain_dir = a.model_def is None and a.model_dir is not None and a.weights is None
+    target = a.model_dir if plain_dir else _open_model(a)[0]  # slim.prune checks --save-dir
     slim.prune(
-        a.model_dir,
+        target,
         _ratios_arg(a.ratios),
         a.save_dir,
         criterion=a.criterion,
         round_to=a.round_to or None,
         overwrite=a.overwrite,
+        verify=a.verify,
     )
+    print(f"pruned model written to {a.save_dir}")
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
-    model = load_model(a.model_dir)
-    ds = open_split(model.task, a.data, a.split)
+    model, ds = _open_model(a)
     slim.analysis(
         model,
         ds,
@@ -254,8 +288,7 @@ def cmd_visualize(a: argparse.Namespace) -> None:
 
 
 def cmd_quantize(a: argparse.Namespace) -> None:
-    model = load_model(a.model_dir)
-    ds = open_split(model.task, a.data, a.split)
+    model, ds = _open_model(a)
     slim.export_quant_model(
         model,
         ds,
@@ -351,6 +384,18 @@ def _add_train(sub: Subparsers) -> None:
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
     tr.add_argument(
+        "--prune-mode",
+        choices=PRUNE_MODES,
+        default="budget",
+        help="budget: back the ratios off until the pruned model is within the budget "
+        "(default); per_group: PaddleX's per-group choice",
+    )
+    tr.add_argument(
+        "--pruned-flops",
+        type=_FRACTION,
+        help="instead of --eval-metric-loss, remove this fraction of the FLOPs (0.4 keeps 60%%)",
+    )
+    tr.add_argument(
         "--round-to", type=_int(0), default=8, help="kept channels a multiple of (0: off)"
     )
     _add_overwrite(tr, "model directories at SAVE_DIR/best_model and SAVE_DIR/epoch_N")
@@ -371,19 +416,33 @@ def _add_model_commands(sub: Subparsers) -> None:
     )
 
 
+def _add_model_def(parser: _Parser) -> None:
+    """``MODEL_DIR`` or a model defined outside slimkit (``--model-def`` and friends)."""
+    parser.add_argument("model_dir", nargs="?", help="a model directory (or use --model-def)")
+    own = parser.add_argument_group("a model defined outside slimkit (instead of MODEL_DIR)")
+    own.add_argument("--model-def", metavar="MODULE:FACTORY", help="pkg.module:fn or file.py:fn")
+    own.add_argument("--weights", help="its weights: .safetensors or a torch.save'd state dict")
+    own.add_argument("--task", choices=TASKS, default="cls", help="what its outputs are")
+    own.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
+    own.add_argument("--num-classes", type=_int(1, MAX_CLASSES), help="default: from --data")
+
+
 def _add_pruning(sub: Subparsers) -> None:
     pn = _add(sub, "prune", cmd_prune, "prune a model by a uniform ratio or a {group: ratio} JSON")
-    pn.add_argument("model_dir")
+    _add_model_def(pn)
     pn.add_argument("--ratios", required=True, help="a float (uniform) or a JSON file")
     pn.add_argument("--save-dir", required=True)
     pn.add_argument("--criterion", choices=list(CRITERIA), default="l1")
     pn.add_argument(
         "--round-to", type=_int(0), default=8, help="kept channels a multiple of (0: off)"
     )
+    pn.add_argument(
+        "--verify", action="store_true", help="fail if pruned != original with channels zeroed"
+    )
     _add_overwrite(pn, "a model directory at SAVE_DIR")
 
     an = _add(sub, "analyze", cmd_analyze, "sensitivity analysis on the validation set")
-    an.add_argument("model_dir")
+    _add_model_def(an)
     an.add_argument("--data", required=True)
     an.add_argument("--split", default="val")
     an.add_argument("--save-file", required=True)
@@ -409,7 +468,7 @@ def _add_pruning(sub: Subparsers) -> None:
 
 def _add_quantize(sub: Subparsers) -> None:
     qu = _add(sub, "quantize", cmd_quantize, "post-training INT8 quantization to ONNX")
-    qu.add_argument("model_dir")
+    _add_model_def(qu)
     qu.add_argument("--data", required=True)
     qu.add_argument("--split", default="val")
     qu.add_argument("--batch-size", type=_POSITIVE, default=1)

@@ -111,25 +111,29 @@ def visualize(
 
 
 def prune(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike[str] | BaseTask,
     ratios: float | dict[str, float],
     save_dir: str | os.PathLike,
     criterion: str = "l1",
     round_to: int | None = 8,
     overwrite: bool = False,
+    verify: bool = False,
 ) -> BaseTask:
     """Prune a saved model (uniform ratio or ``{group: ratio}``), log params/FLOPs, save it.
 
-    The same path as ``train(sensitivities_file=...)``: :meth:`BaseTask.prune`. ``save_dir`` must
-    be new or empty, or (with ``overwrite=True``) a model directory other than ``model_dir``.
+    ``model_dir`` may also be a task object (e.g. a model defined outside slimkit, see
+    :mod:`slimkit.models.external`). The same path as ``train(sensitivities_file=...)``:
+    :meth:`BaseTask.prune`; ``verify=True`` fails on a mismatch with the masked original.
+    ``save_dir`` must be new or empty, or (with ``overwrite=True``) a model directory other than
+    the input.
     """
     ratios = _ratios(ratios)
     if round_to is not None:
         check_int(round_to, "round_to", 1)
-    model = load_model(model_dir)
+    model = model_dir if isinstance(model_dir, BaseTask) else load_model(model_dir)
     _require_net(model, "prune")
-    modeldir.check_model_target(save_dir, overwrite, sources=[model_dir])
-    model.prune(ratios, criterion=criterion, round_to=round_to)
+    modeldir.check_model_target(save_dir, overwrite, sources=[model.source_dir])
+    model.prune(ratios, criterion=criterion, round_to=round_to, verify=verify)
     model.save(save_dir, overwrite=overwrite)
     return model
 

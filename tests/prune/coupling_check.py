@@ -1,21 +1,29 @@
 """Shared helpers for the pruning tests: the masked-model proof of channel coupling.
 
-Removing channels must equal zeroing them: zero the pruned channels' output parameters (weight
-rows and bias of every coupled conv/linear, weight and bias of every coupled BatchNorm) in the
-ORIGINAL model and compare in eval mode. With activations where f(0) = 0 the two agree exactly
-when every coupled place was found.
+Removing channels must equal zeroing them: :func:`slimkit.prune.masked_model` zeroes every slice
+that pruning removes in a copy of the ORIGINAL model (tested on its own in test_verify.py), and
+the physically pruned model must give the same outputs in eval mode.
 """
 
 from __future__ import annotations
 
-import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from slimkit.prune import ChannelGroup, PrunePlan
+from slimkit.prune import (
+    ChannelGroup,
+    PrunePlan,
+    UnprunedGroupsWarning,
+    channel_groups,
+    masked_model,
+    prune_model,
+)
+
+RATIOS = (0.1, 0.5, 0.9)
 
 
 def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -29,36 +37,12 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 layer.bias.copy_(torch.randn(n, generator=gen) * 0.2)
                 layer.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
                 layer.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            elif isinstance(layer, nn.LayerNorm | nn.GroupNorm) and layer.weight is not None:
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=gen) + 0.5)
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.2)
             elif isinstance(layer, nn.modules.conv._ConvNd | nn.Linear) and layer.bias is not None:
                 layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.1)
     return model.eval()
-
-
-def zero_out_channels(layer: nn.Module, idxs: Sequence[int]) -> None:
-    """Zero the parameters that produce output channels ``idxs`` of ``layer``."""
-    index = torch.tensor(list(idxs), dtype=torch.long)
-    with torch.no_grad():
-        if isinstance(layer, nn.modules.conv._ConvNd):
-            layer.weight.index_fill_(1 if layer.transposed else 0, index, 0.0)
-        elif isinstance(layer, nn.Linear | nn.modules.batchnorm._BatchNorm):
-            layer.weight.index_fill_(0, index, 0.0)
-        else:
-            raise AssertionError(f"no masking rule for {type(layer).__name__}")
-        if layer.bias is not None:
-            layer.bias.index_fill_(0, index, 0.0)
-
-
-def masked_model(model: nn.Module, groups: Sequence[ChannelGroup], plan: PrunePlan) -> nn.Module:
-    """A copy of ``model`` with the plan's dropped channels zeroed in every coupled layer."""
-    by_name = {g.name: g for g in groups}
-    masked = copy.deepcopy(model)
-    for entry in plan.groups:
-        group = by_name[entry.name]
-        for member in group.members:
-            if member.kind == "out" and isinstance(member.module, nn.Module):
-                idxs = group.member_channels(member, entry.dropped)
-                zero_out_channels(masked.get_submodule(member.name), idxs)
-    return masked
 
 
 def outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -87,3 +71,27 @@ def assert_prune_equals_mask(
         assert num_params(pruned) < num_params(model)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def check_model(model: nn.Module, x: torch.Tensor, all_ratios: int | None = None) -> int:
+    """Prune all groups at once at each ratio, then each group alone; return #groups.
+
+    Each group alone is checked at one ratio (cycling through ``RATIOS``), the first
+    ``all_ratios`` groups (default: all) at every ratio.
+    """
+    groups = channel_groups(model, x)
+    assert groups, "expected prunable groups"
+    reference = outputs(model, x)
+    for ratio in RATIOS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnprunedGroupsWarning)  # groups found unsupported
+            pruned, plan = prune_model(model, ratio, x, return_plan=True)
+        assert [e.name for e in plan.groups] == [g.name for g in groups]  # none left out
+        assert_prune_equals_mask(model, groups, pruned, plan, x, reference)
+    for i, group in enumerate(groups):
+        full = all_ratios is None or i < all_ratios
+        for ratio in RATIOS if full else (RATIOS[i % 3],):
+            pruned, plan = prune_model(model, {group.name: ratio}, x, return_plan=True)
+            assert [e.name for e in plan.groups] == [group.name]
+            assert_prune_equals_mask(model, groups, pruned, plan, x, reference)
+    return len(groups)

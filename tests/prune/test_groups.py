@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
+from coupling_check import check_model, randomize_norms
+from pattern_models import cbr
 from torch import nn
 
 from slimkit.models import create_model
-from slimkit.prune import channel_groups, prunable_groups, prune_model
+from slimkit.prune import UnprunedGroupsWarning, channel_groups, prunable_groups, prune_model
 
 X = torch.randn(1, 3, 16, 16)
-
-
-def cbr(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
-    )
 
 
 class Chain(nn.Module):
@@ -169,21 +167,32 @@ def test_members_and_indices_of_a_concat_group() -> None:
 @pytest.mark.parametrize(
     ("op", "message"),
     [
-        ("permute", "permute"),
-        ("shuffle", "reshape"),
-        ("split", "fixed sizes"),
-        ("slice", "slices the channel"),
-        ("channel_mean", "channel"),
+        ("permute", "'flip' .* works across the channel dimension"),
+        ("split", "fixed sizes \\[3, 5\\]"),
+        ("channel_mean", "'mean' .* works across the channel dimension"),
         ("pixel_shuffle", "pixel_shuffle"),
-        ("buffer", "constant"),
+        ("buffer", "tensor made during the forward pass"),
     ],
 )
-def test_unsupported_coupling_raises_naming_the_layer(op: str, message: str) -> None:
+def test_unfollowable_group_is_left_unpruned_with_one_warning(op: str, message: str) -> None:
     model = OpAfterConv(op)
-    with pytest.raises(ValueError, match=message) as info:
-        prunable_groups(model, X)
-    assert "conv1" in str(info.value)
-    with pytest.raises(ValueError):
-        prune_model(model, 0.5, X)
-    # Leaving the offending group alone makes the rest of the model prunable.
-    assert prunable_groups(model, X, ignore=["conv1.0"]) == ["conv2.0"]
+    with pytest.warns(UnprunedGroupsWarning, match=f"conv1.0: .*{message}"):
+        assert prunable_groups(model, X) == ["conv2.0"]
+    with pytest.warns(UnprunedGroupsWarning) as caught:
+        pruned, plan = prune_model(model, 0.5, X, return_plan=True)
+    assert len(caught) == 1 and [e.name for e in plan.groups] == ["conv2.0"]
+    assert re.search(message, plan.unpruned["conv1.0"])
+    assert pruned.conv1[0].out_channels == 8 and pruned.conv2[0].out_channels == 4
+    with pytest.raises(ValueError, match=f"group 'conv1.0' cannot be pruned: .*{message}"):
+        prune_model(model, {"conv1.0": 0.5}, X)  # named explicitly: a clear error
+
+
+@pytest.mark.parametrize("op", ["shuffle", "slice"])
+def test_channel_shuffle_and_slices_are_followed(op: str) -> None:
+    model = randomize_norms(OpAfterConv(op))
+    check_model(model, X)
+    group = channel_groups(model, X)[0]
+    if op == "slice":  # y[:, :4] and y[:, 4:]: channels 0-3 are read with fixed bounds
+        assert group.fixed == (0, 1, 2, 3)
+    else:
+        assert sorted(group.ties) == [(0, 4), (1, 5), (2, 6), (3, 7)]

@@ -10,27 +10,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from coupling_check import assert_prune_equals_mask, outputs, randomize_norms
+from coupling_check import check_model, randomize_norms
+from pattern_models import cbr
 from torch import nn
 
 from slimkit.models import create_model, list_models
 from slimkit.prune import channel_groups, prune_model
 
-RATIOS = (0.1, 0.5, 0.9)
 TINY_KWARGS = {
     "mobilenetv1": {"num_classes": 5, "width_mult": 0.25},
     "mobilenetv2": {"num_classes": 5, "width_mult": 0.25},
     "yolov3_mobilenetv1": {"num_classes": 3, "width_mult": 0.25, "neck_width": 0.25},
     "unet": {"num_classes": 3, "base_channels": 8},
 }
-
-
-def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(),
-    )
 
 
 class ResidualSE(nn.Module):
@@ -171,27 +163,6 @@ class SharedWeights(nn.Module):
 
 HAND_MODELS = [ResidualSE, ConcatBranches, ChunkShuffle, GroupedDepthwise, Transposed]
 HAND_MODELS += [FlattenLinear, SpatialSplit, SharedWeights]
-
-
-def check_model(model: nn.Module, x: torch.Tensor, all_ratios: int | None = None) -> int:
-    """Prune all groups at once at each ratio, then each group alone; return #groups.
-
-    Each group alone is checked at one ratio (cycling through ``RATIOS``), the first
-    ``all_ratios`` groups (default: all) at every ratio.
-    """
-    groups = channel_groups(model, x)
-    assert groups, "expected prunable groups"
-    reference = outputs(model, x)
-    for ratio in RATIOS:
-        pruned, plan = prune_model(model, ratio, x, return_plan=True)
-        assert_prune_equals_mask(model, groups, pruned, plan, x, reference)
-    for i, group in enumerate(groups):
-        full = all_ratios is None or i < all_ratios
-        for ratio in RATIOS if full else (RATIOS[i % 3],):
-            pruned, plan = prune_model(model, {group.name: ratio}, x, return_plan=True)
-            assert [e.name for e in plan.groups] == [group.name]
-            assert_prune_equals_mask(model, groups, pruned, plan, x, reference)
-    return len(groups)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -9,17 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from slimkit.prune import prunable_groups
 from slimkit.prune.counting import count_macs
-from slimkit.prune.groups import prunable_groups
 from slimkit.prune.plots import plot_budget_curve, plot_group_curves
 from slimkit.prune.pruner import prune_model
-from slimkit.prune.ratios import (
-    FORMAT,
-    get_ratios_by_loss,
-    load_sensitivities,
-    merge_sensitivities,
-    ratios_for_flops,
-)
+from slimkit.prune.ratios import get_ratios_by_loss, ratios_for_flops
+from slimkit.prune.sensitivity_file import FORMAT, load_sensitivities, merge_sensitivities
 
 SENS = {
     "a": {0.1: 0.0, 0.2: 0.02, 0.3: 0.08},  # interpolated between 0.2 and 0.3

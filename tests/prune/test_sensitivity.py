@@ -4,164 +4,39 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from sensitivity_models import (
+    RATIOS,
+    CountedConv,
+    TinyClassifier,
+    TinyDetector,
+    TinyTricky,
+    TinyUNet,
+    analyze,
+    assert_same,
+    closeness,
+    make_data,
+    randomize_bn,
+)
 from torch import nn
 
-from slimkit.prune.ratios import get_ratios_by_loss, load_sensitivities, merge_sensitivities
+from slimkit.prune.ratios import get_ratios_by_loss
 from slimkit.prune.sensitivity import analyze_sensitivity
+from slimkit.prune.sensitivity_file import load_sensitivities, merge_sensitivities
 
-RATIOS = (0.25, 0.5, 0.75)
 
+@pytest.fixture
+def even_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time spread evenly over the hook events: the cost model's decisions do not depend on
+    this machine's load (the real clock is too noisy for tests that count calls)."""
+    from slimkit.prune import _cache
 
-def cbr(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    monkeypatch.setattr(
+        _cache.ActivationCache, "_prefix", lambda self, cut: min(cut / len(self.clock), 1.0)
     )
-
-
-class CountedConv(nn.Conv2d):
-    """A conv that counts its evaluation calls (class-wide, so pruned copies count too)."""
-
-    calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        CountedConv.calls += torch.is_inference_mode_enabled()  # not the tracing by the pruner
-        return super().forward(x)
-
-
-class TinyClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(CountedConv(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.ReLU())
-        self.layer1 = cbr(8, 16, 2)
-        self.layer2 = nn.Sequential(cbr(16, 16), cbr(16, 16))
-        self.layer3 = cbr(16, 24, 2)
-        self.fc = nn.Linear(24, 5)
-        self.prune_ignore = ("fc",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer1(self.stem(x))
-        x = x + self.layer2(x)  # residual: layer1 and layer2 outputs are coupled
-        return self.fc(self.layer3(x).mean((2, 3)))
-
-
-class TinyDetector(nn.Module):
-    """Two feature levels, an upsample + concat neck and a tuple of head outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.c2, self.c3 = cbr(3, 8), cbr(8, 16, 2), cbr(16, 24, 2)
-        self.lateral = nn.Conv2d(24, 8, 1)
-        self.fuse = cbr(16 + 8, 16)
-        self.head_deep = nn.Conv2d(24, 6, 1)
-        self.head_fine = nn.Conv2d(16, 6, 1)
-        self.prune_ignore = ("head_deep", "head_fine")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f2 = self.c2(self.c1(x))
-        f3 = self.c3(f2)
-        deep = self.head_deep(f3)
-        up = F.interpolate(self.lateral(f3), size=f2.shape[-2:], mode="nearest")
-        return deep, self.head_fine(self.fuse(torch.cat([up, f2], dim=1)))
-
-
-class TinyUNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc1, self.enc2, self.mid = cbr(3, 8), cbr(8, 16, 2), cbr(16, 16)
-        self.up = nn.ConvTranspose2d(16, 8, 2, 2)
-        self.dec = cbr(16, 8)
-        self.head = nn.Conv2d(8, 3, 1)
-        self.prune_ignore = ("head",)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s1 = self.enc1(x)
-        s2 = self.enc2(s1)
-        m = self.mid(s2) + s2
-        return self.head(self.dec(torch.cat([self.up(m), s1], dim=1)))
-
-
-class TinyTricky(nn.Module):
-    """Tuple inputs, a block called twice, in-place ops on module outputs, a shape-only read."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.c = cbr(3, 8), cbr(8, 8), cbr(8, 16, 2)
-        self.shared = nn.Conv2d(16, 16, 3, padding=1)
-        self.side = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(16, 3)
-        self.prune_ignore = ("fc",)
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        a = self.a(x)
-        a.mul_(scale[:, None, None, None])  # in place on a cached output
-        b = self.b(a)
-        side = self.side(a)  # only its shape is used below
-        c = self.c(b + a)
-        c = self.shared(self.shared(c).relu_())  # called twice: never replayed
-        return self.fc(c.mean((2, 3))) + side.shape[1]
-
-
-def randomize_bn(model: nn.Module) -> nn.Module:
-    """Give BatchNorm layers trained-looking statistics, so that every channel matters."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) + 0.5
-            m.bias.data = torch.rand(n, generator=g) * 0.4 - 0.2
-            m.running_mean = torch.rand(n, generator=g) * 0.2 - 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-    return model.eval()
-
-
-def make_data(model: nn.Module, batches: int = 3, size: int = 16) -> list:
-    """Batches whose targets are the unpruned model's outputs."""
-    g = torch.Generator().manual_seed(2)
-    data = []
-    with torch.no_grad():
-        for _ in range(batches):
-            x = torch.randn(4, 3, size, size, generator=g)
-            if isinstance(model, TinyTricky):
-                x = (x, torch.rand(4, generator=g) + 0.5)
-                data.append((x, model(*x)))
-            else:
-                data.append((x, model(x)))
-    return data
-
-
-def closeness(outputs: list, targets: list) -> float:
-    """1 / (1 + MSE) against the unpruned outputs: continuous, 1.0 for the unpruned model."""
-    err, n = 0.0, 0
-    for out, tgt in zip(outputs, targets, strict=True):
-        outs = out if isinstance(out, tuple) else (out,)
-        tgts = tgt if isinstance(tgt, tuple) else (tgt,)
-        for o, t in zip(outs, tgts, strict=True):
-            err += float(((o - t) ** 2).sum())
-            n += t.numel()
-    return 1.0 / (1.0 + err / n)
-
-
-def analyze(model: nn.Module, data: list, **kw) -> dict:
-    kw.setdefault("ratios", RATIOS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the fast path must not fall back to full evaluation
-        return analyze_sensitivity(model, data, closeness, progress=False, **kw)
-
-
-def assert_same(a: dict, b: dict, tol: float = 1e-6) -> None:
-    assert a.keys() == b.keys()
-    for g in a:
-        assert a[g].keys() == b[g].keys(), g
-        for r in a[g]:
-            assert (a[g][r] is None) == (b[g][r] is None), (g, r)
-            if a[g][r] is not None:
-                assert abs(a[g][r] - b[g][r]) <= tol, (g, r, a[g][r], b[g][r])
 
 
 @pytest.mark.parametrize("make", [TinyClassifier, TinyDetector, TinyUNet, TinyTricky])
@@ -179,8 +54,8 @@ def test_fast_equals_naive(make) -> None:
     assert not model.training
 
 
-def test_fast_path_skips_the_shared_prefix() -> None:
-    from slimkit.prune.groups import prunable_groups
+def test_fast_path_skips_the_shared_prefix(even_clock: None) -> None:
+    from slimkit.prune import prunable_groups
 
     model = randomize_bn(TinyClassifier())
     data = make_data(model, batches=8)
@@ -192,9 +67,9 @@ def test_fast_path_skips_the_shared_prefix() -> None:
     CountedConv.calls = 0
     naive = analyze(model, data, groups=later, fast=False)
     assert CountedConv.calls == 8 + 8 * len(RATIOS) * len(later)  # baseline + every point
-    # the stem runs for the baseline, once more to fill the cache, and on one checked batch per
-    # group; never for the points themselves
-    assert fast_calls <= 8 + 1 + 8 + len(later), fast_calls
+    # the stem runs for the baseline, on the small probe (twice), once more to fill the cache,
+    # and on one checked batch per group; never for the points themselves
+    assert fast_calls <= 8 + 2 + 8 + len(later), fast_calls
     assert_same(fast, naive)
 
 
@@ -216,7 +91,7 @@ def test_zoo_models_fast_equals_naive() -> None:
         ),
         (create_model("unet", num_classes=2, base_channels=4, depth=2), 16),
     ]
-    from slimkit.prune.groups import prunable_groups
+    from slimkit.prune import prunable_groups
 
     for model, size in models:
         model = randomize_bn(model)
@@ -320,7 +195,14 @@ def test_bad_files_fail_clearly_and_restart_overwrites(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     other = tmp_path / "keep.txt"
     other.write_text("unrelated")
-    path.write_text("{not json")
+    path.write_text("{not json")  # not ours: never replaced, not even by restart=True
+    for restart in (False, True):
+        with pytest.raises(ValueError, match=r"s\.json.*not a slimkit sensitivity file"):
+            analyze(model, data, save_file=path, restart=restart)
+    assert path.read_text() == "{not json"
+    with pytest.raises(ValueError, match="is a directory"):
+        analyze(model, data, save_file=tmp_path)
+    path.write_text(json.dumps({"format": "slimkit.sensitivity", "version": 1}))  # damaged
     with pytest.raises(ValueError, match=r"s\.json.*corrupt.*restart=True"):
         analyze(model, data, save_file=path)
     result = analyze(model, data, save_file=path, restart=True)
@@ -417,3 +299,201 @@ def test_other_criterion_is_used_and_stored(tmp_path: Path) -> None:
     assert any(abs(fpgm[g][0.5] - l1[g][0.5]) > 1e-9 for g in l1)  # other channels went
     with pytest.raises(ValueError, match="criterion"):
         analyze(model, data, criterion="l3")
+
+
+@pytest.fixture
+def always_merge(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Merge batches whenever it is exact (not only when the timing says it is faster)."""
+    from slimkit.prune import _cache
+
+    merges: list[int] = []
+    merge_chunks = _cache.ActivationCache._merge_chunks
+
+    def spy(self: _cache.ActivationCache, k: int) -> None:
+        merges.append(k)
+        merge_chunks(self, k)
+
+    monkeypatch.setattr(_cache, "MERGE_CHECK_SHARE", math.inf)
+    monkeypatch.setattr(_cache, "MERGE_MIN_SPEEDUP", math.inf)
+    monkeypatch.setattr(_cache.ActivationCache, "_merge_chunks", spy)
+    return merges
+
+
+@pytest.mark.parametrize("make", [TinyClassifier, TinyDetector, TinyTricky])
+def test_merged_batches_give_the_same_numbers(make, always_merge: list[int]) -> None:
+    """Merged where that is bit for bit what the separate batches give, and the same numbers."""
+    model = randomize_bn(make())
+    data = make_data(model, batches=5)  # 4 samples each: merged into one batch of 20
+    assert_same(analyze(model, data), analyze(model, data, fast=False))
+    # merging is refused where oneDNN picks kernels by batch size (TinyDetector here: 1e-8 apart)
+    assert bool(always_merge) == (make is not TinyDetector)
+
+
+class BatchMixer(TinyClassifier):
+    """Subtracts the batch mean after layer1: each output depends on the other samples."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.stem(x))
+        x = x - x.mean(0, keepdim=True)
+        x = x + self.layer2(x)
+        return self.fc(self.layer3(x).mean((2, 3)))
+
+
+def test_batch_dependent_models_are_not_merged(always_merge: list[int]) -> None:
+    model = randomize_bn(BatchMixer())
+    data = make_data(model, batches=4)
+    kw = {"ignore": ["layer1.0"]}  # its channels pass the batch mean: not prunable
+    assert_same(analyze(model, data, **kw), analyze(model, data, fast=False, **kw))
+    assert not always_merge
+
+
+def test_cache_levels_are_built_only_when_they_pay(
+    monkeypatch: pytest.MonkeyPatch, even_clock: None
+) -> None:
+    from slimkit.prune import _cache
+
+    calls: list[str] = []
+    needed = _cache.ActivationCache._needed
+
+    def spy(self: _cache.ActivationCache, names: list[str], stop: str) -> object:
+        calls.append(stop)
+        return needed(self, names, stop)
+
+    monkeypatch.setattr(_cache.ActivationCache, "_needed", spy)
+    model = randomize_bn(TinyClassifier())
+    one_batch = make_data(model, batches=1)
+    assert_same(
+        analyze(model, one_batch, ratios=(0.5,)),
+        analyze(model, one_batch, ratios=(0.5,), fast=False),
+    )
+    assert calls == []  # one evaluation per level cannot repay building it
+    analyze(model, make_data(model, batches=8))
+    assert calls  # 8 batches x 3 ratios do
+
+
+class FixedWidth(nn.Module):
+    """A head that only runs with the channel count it was built with (a check in Python)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, 3)
+        self.prune_ignore = ("fc",)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))
+        if y.shape[1] != 16:
+            raise RuntimeError(f"expected 16 channels, got {y.shape[1]}")
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_group_whose_pruned_model_fails_is_recorded_and_skipped(
+    fast: bool, tmp_path: Path
+) -> None:
+    model = randomize_bn(FixedWidth())
+    data = make_data(model)
+    path = tmp_path / "s.json"
+    with pytest.warns(UserWarning, match="'b.0' is left out.*unprunable"):
+        result = analyze_sensitivity(
+            model, data, closeness, ratios=RATIOS, save_file=path, fast=fast, progress=False
+        )
+    assert list(result) == ["a.0"] and all(v > 0 for v in result["a.0"].values())
+    saved = load_sensitivities(path)
+    assert list(saved["sensitivities"]) == ["a.0"]
+    assert "at ratio 0.25" in saved["unprunable"]["b.0"]
+    assert (
+        "16 channels" in saved["unprunable"]["b.0"]
+        or "no longer runs" in saved["unprunable"]["b.0"]
+    )
+    assert set(get_ratios_by_loss(path, 10.0)) == {"a.0"}
+    calls = {"n": 0}
+
+    def counting(outputs: list, targets: list) -> float:
+        calls["n"] += 1
+        return closeness(outputs, targets)
+
+    analyze_sensitivity(
+        model, data, counting, ratios=RATIOS, save_file=path, fast=fast, progress=False
+    )
+    assert calls["n"] == 1  # resumed: the baseline only, the failed group is not retried
+
+
+def test_a_group_s_own_layers_are_replayed_without_its_channels(even_clock: None) -> None:
+    """The cut is the group's first consuming layer: the root conv's cached output serves every
+    ratio, without the dropped channels."""
+    model = randomize_bn(TinyClassifier())
+    data = make_data(model, batches=8)
+    CountedConv.calls = 0
+    fast = analyze(model, data, groups=["stem.0"])
+    # the baseline, the small probe (twice: to find what later layers read), filling the cache,
+    # and batch 0 in full for the check; never for the 3 ratios (the naive loop: 8 + 3 x 8)
+    assert CountedConv.calls == 8 + 2 + 8 + 1, CountedConv.calls
+    assert_same(fast, analyze(model, data, groups=["stem.0"], fast=False))
+
+
+@pytest.mark.parametrize("make", [TinyClassifier, TinyUNet])
+def test_a_first_ratio_that_drops_no_channel(make) -> None:
+    """0.05 of 8 channels rounds to none: the unpruned model, loss 0; the next ratio still
+    replays its channels right (the channel layout is never learnt from an unpruned model)."""
+    model = randomize_bn(make())
+    data = make_data(model)
+    fast = analyze(model, data, ratios=(0.05, 0.5))
+    assert_same(fast, analyze(model, data, ratios=(0.05, 0.5), fast=False))
+    assert any(v[0.05] == 0.0 for v in fast.values())
+
+
+class NanWhenNarrow(FixedWidth):
+    """Outputs NaN once ``b`` is pruned (a model that breaks numerically, not by raising)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(self.a(x))
+        out = self.fc(y.mean((2, 3)))
+        return out * math.nan if y.shape[1] != 16 else out
+
+
+def test_a_pruned_model_with_a_nan_metric_is_unprunable(tmp_path: Path) -> None:
+    model = randomize_bn(NanWhenNarrow())
+    data = make_data(model)
+    path = tmp_path / "s.json"
+    with pytest.warns(UserWarning, match="'b.0' is left out"):
+        result = analyze_sensitivity(
+            model, data, closeness, ratios=RATIOS, save_file=path, progress=False
+        )
+    assert list(result) == ["a.0"]
+    assert "metric is nan" in load_sensitivities(path)["unprunable"]["b.0"]
+
+
+class InPlace(TinyClassifier):
+    """Scales layer1's (cached) output in place before later layers read it, and returns a view
+    of it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.layer1(self.stem(x))
+        x.mul_(2.0)  # a replayed tensor, written in place
+        x = x + self.layer2(x)
+        return self.fc(self.layer3(x).mean((2, 3))), x[:, :2]
+
+
+def test_replayed_tensors_written_in_place_or_returned_are_copies(even_clock: None) -> None:
+    model = randomize_bn(InPlace())
+    data = make_data(model, batches=6)
+    kw: dict = {}
+    fast = analyze(model, data, **kw)
+    assert_same(fast, analyze(model, data, fast=False, **kw))
+    assert_same(fast, analyze(model, data, **kw))  # the cache was not altered either
+
+
+def test_the_read_tracker_sees_writes_through_views() -> None:
+    from slimkit.prune._replay import ReadTracker
+
+    a, b = torch.ones(2, 4), torch.ones(2, 4)
+    tracker = ReadTracker({id(a): ("a", 0), id(b): ("b", 0)}, [a, b])
+    with tracker:
+        view = a[:, :2]
+        view.add_(1.0)  # a write to a, through a view
+        c = b * 2  # a read of b
+        c.mul_(3.0)  # a write to a new tensor
+    assert tracker.written == {("a", 0)}
+    assert tracker.read == {("a", 0), ("b", 0)}

@@ -131,6 +131,7 @@ def test_method1_pruning_rounds_kept_channels(data_dirs, tmp_path):
         train_dataset=train_ds,
         sensitivities_file=sens,
         eval_metric_loss=0.99,
+        prune_mode="per_group",  # no eval_dataset: PaddleX's per-group choice
         prune_round_to=8,
         save_dir=tmp_path / "b",
         progress=False,

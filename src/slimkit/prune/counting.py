@@ -54,7 +54,7 @@ def _layer_macs(layer: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     if isinstance(layer, _TRANSPOSED_CONVS):
         # Every input element is multiplied by (out_channels / groups) * prod(kernel) weights.
         per_input = layer.out_channels // layer.groups * _prod(layer.kernel_size)
-        return inputs[0].numel() * per_input
+        return int(inputs[0].numel()) * int(per_input)
     if isinstance(layer, _CONVS):
         # Every output element sums (in_channels / groups) * prod(kernel) products.
         per_output = layer.in_channels // layer.groups * _prod(layer.kernel_size)
@@ -130,7 +130,7 @@ def count_macs(module: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]
     finally:
         for handle in handles:
             handle.remove()
-    return total // batch
+    return int(total // batch)
 
 
 def count_flops(module: nn.Module, example_inputs: torch.Tensor | tuple[Any, ...]) -> int:

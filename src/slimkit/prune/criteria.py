@@ -24,7 +24,7 @@ Criterion = Callable[[ChannelGroup], torch.Tensor]
 
 def root_filters(group: ChannelGroup) -> torch.Tensor:
     """The root's weights as one row per output channel: ``[num_channels, fan_in]``."""
-    weight = group.root.weight.detach().float()
+    weight = _tensor(group.root, "weight").detach().float()
     if isinstance(group.root, nn.modules.conv._ConvNd) and group.root.transposed:
         weight = weight.transpose(0, 1)  # [in, out/groups, k...] -> out first (groups == 1)
     return weight.reshape(group.num_channels, -1)
@@ -57,7 +57,13 @@ def bn_scale_importance(group: ChannelGroup) -> torch.Tensor:
             f"criterion 'bn_scale' needs an affine BatchNorm right after '{group.name}'; "
             "use 'l1' or 'fpgm' for this group"
         )
-    return bn.weight.detach().float().abs()
+    return _tensor(bn, "weight").detach().float().abs()
+
+
+def _tensor(layer: nn.Module, name: str) -> torch.Tensor:
+    value = getattr(layer, name)
+    assert isinstance(value, torch.Tensor)
+    return value
 
 
 CRITERIA: dict[str, Criterion] = {

@@ -1,51 +1,38 @@
 """Coupled channel groups, found with Torch-Pruning's dependency graph.
 
-This is the only slimkit module that imports ``torch_pruning``. The rest of slimkit sees plain
-data (:class:`ChannelGroup`) and one operation (:meth:`GroupSet.prune`).
+Only this package's private modules import ``torch_pruning``. The rest of slimkit sees plain data
+(:class:`ChannelGroup`) and one operation (:meth:`GroupSet.remove`).
 
 A group is every set of channels that must be removed together: the output channels of a root
-conv/linear layer and, with the same indices, the BatchNorms, depthwise convs and residual-add
-partners that share them plus the input channels of every consumer (through concat, chunk,
-upsample, flatten, ...). It is named by the qualified name of its root, the first root in module
-order; names are therefore stable across runs and across save/load.
+conv/linear layer and, with the same indices, the BatchNorms, depthwise convs, residual-add and
+concat partners, buffers added per channel, and the input channels of every consumer. It is named
+by the qualified name of its root, the first root in module order; names are stable across runs
+and across save/load.
 
-Torch-Pruning treats any operation it does not know as element-wise and silently follows hard-coded
-channel slices; slimkit checks each operation a prunable group passes through and raises a
-``ValueError`` naming it rather than return a wrong model.
+slimkit follows the channels through every operation itself (:mod:`._layout`, rules in
+:mod:`._oprules`) instead of trusting Torch-Pruning's guesses. A group whose coupling it cannot
+prove is *left unpruned* with the reason (:attr:`GroupSet.skipped`); it never fails the model.
 """
 
 from __future__ import annotations
 
-import bisect
+import contextlib
 import difflib
 import itertools
-import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning.dependency.index_mapping import _SplitIndexMapping
 
-from slimkit._utils import eval_mode, keep_training_modes
+from slimkit._utils import eval_mode
 
-from ._tracing import (
-    ExampleInputs,
-    OpRecorder,
-    Trace,
-    call_module,
-    grad_fns,
-    input_shapes,
-    merge_ties,
-    op_dim,
-    operation_problem,
-    output_shape,
-    output_shapes,
-    tie_by_position,
-    traceable_inputs,
-)
+from ._graph import build_graph
+from ._inspect import ChannelGroup, GroupMember, Inspector, Skip
+from ._layout import OP_TYPES, Layout
+from ._tracing import ExampleInputs, call_module, output_shapes
+from ._traverse import Coupling, positions, traverse
 
 __all__ = [
     "ChannelGroup",
@@ -53,81 +40,30 @@ __all__ = [
     "GroupMember",
     "GroupSet",
     "IgnoreSpec",
-    "channel_groups",
-    "prunable_groups",
+    "UnprunedGroupsWarning",
+    "resolve_ignore",
 ]
 
-IgnoreSpec = Iterable[nn.Module | str] | nn.Module | str
-
+IgnoreItem = nn.Module | str | type[nn.Module]
+IgnoreSpec = Iterable[IgnoreItem] | IgnoreItem
 _OPT = tp.ops.OPTYPE
-_OP_TYPES = frozenset(
-    {_OPT.ELEMENTWISE, _OPT.RESHAPE, _OPT.SLICE, _OPT.CONCAT, _OPT.SPLIT, _OPT.UNBIND, _OPT.EXPAND}
-)
-_NON_LAYER_TYPES = _OP_TYPES | {_OPT.OUTPUT, _OPT.PARAMETER, _OPT.CUSTOMIZED}
 _ROOT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
-_MEMBER_TYPES = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.modules.batchnorm._BatchNorm,
-    nn.PReLU,
-    nn.modules.instancenorm._InstanceNorm,
-)
 
 
-@dataclass(frozen=True)
-class GroupMember:
-    """One layer (or parameter) whose channels a group removes.
-
-    Attributes:
-        name: Qualified name in ``named_modules()`` (``named_parameters()`` for a bare parameter).
-        module: The layer (or ``nn.Parameter``) in the module the group was found on.
-        kind: ``"out"`` when output channels/features are removed (convs, BatchNorm, depthwise
-            convs), ``"in"`` when input channels/features are removed (consumers).
-        idxs: The member's own channel indices that belong to the group.
-        root_idxs: For each entry of ``idxs``, the root channel it follows.
-    """
-
-    name: str
-    module: nn.Module | nn.Parameter
-    kind: Literal["out", "in"]
-    idxs: tuple[int, ...]
-    root_idxs: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """A prunable set of coupled channels, indexed by the output channels of its root.
-
-    Attributes:
-        name: Qualified name of the root layer; the group's stable name.
-        root: The root conv/linear layer.
-        num_channels: Output channels of the root.
-        members: Every layer whose channels the group removes, root first.
-        ties: Sets of root channels that can only be removed together (grouped convs,
-            ``torch.chunk``); channels not listed are free.
-        root_bn: The BatchNorm directly after the root, if any.
-    """
-
-    name: str
-    root: nn.Module
-    num_channels: int
-    members: tuple[GroupMember, ...]
-    ties: tuple[tuple[int, ...], ...]
-    root_bn: nn.Module | None
-
-    def member_channels(self, member: GroupMember, root_channels: Iterable[int]) -> list[int]:
-        """Return the member's channel indices that follow the given root channels (sorted)."""
-        wanted = set(root_channels)
-        return sorted(
-            {i for i, r in zip(member.idxs, member.root_idxs, strict=True) if r in wanted}
-        )
+class UnprunedGroupsWarning(UserWarning):
+    """Some groups are left unpruned because slimkit cannot prove their channel coupling."""
 
 
 class GroupSet:
-    """The prunable channel groups of one module, on one dependency graph (built once).
+    """The channel groups of one module, on one dependency graph (built once).
 
-    The graph keeps references to ``module``'s layers: :meth:`prune` changes ``module`` in place,
-    so build a ``GroupSet`` on a copy when the original must stay untouched.
+    The graph keeps references to ``module``'s layers: :meth:`remove` changes ``module`` in
+    place, so build a ``GroupSet`` on a copy when the original must stay untouched.
+
+    Attributes:
+        groups: The prunable groups by name, in module order.
+        skipped: Root layers whose channels are left alone, with the reason.
+        coupled: Root layers whose channels all belong to an earlier group, with that group.
     """
 
     def __init__(
@@ -138,20 +74,34 @@ class GroupSet:
         Args:
             module: Any ``nn.Module``; its ``prune_ignore`` attributes are honoured.
             example_inputs: A tensor, a tuple of positional inputs or a dict of keyword inputs.
-            ignore: Modules of ``module`` or their qualified names never to be group roots.
+            ignore: Modules of ``module``, their qualified names, or module types whose
+                instances are never group roots.
 
         Raises:
-            ValueError: On an unknown ignore name, or when a prunable group passes through an
-                operation or layer whose channel coupling slimkit cannot follow.
+            ValueError: On an unknown ignore name or a model that fails on ``example_inputs``.
+            TypeError: On ``example_inputs`` or ``ignore`` of the wrong type.
         """
         self.module = module
         self._example_inputs = example_inputs
-        self._ignored = _resolve_ignore(module, ignore)
-        self._dg, self._trace = _build_graph(module, example_inputs)
-        self._splits = _take_over_channel_splits(self._dg)
-        self._data = _data_nodes(self._dg, self._trace)
+        self._ignored = frozenset(
+            m for n in resolve_ignore(module, ignore) for m in module.get_submodule(n).modules()
+        )
+        self._dg, self._trace = build_graph(module, example_inputs)
         self._names: dict[Any, str] = self._dg._module2name
+        try:
+            self.layout = Layout(self._dg, self._trace, self._names)
+        except Exception as err:  # a bug in slimkit: say so instead of a bare traceback
+            raise ValueError(
+                f"slimkit could not read the model's graph ({type(err).__name__}: {err}); "
+                "please report it with the model definition"
+            ) from err
+        self._inspector = Inspector(module, self._dg, self._trace, self.layout, self._ignored)
+        self._tied = positions(self.layout, self._dg)
         self.groups: dict[str, ChannelGroup] = {}
+        self.skipped: dict[str, Skip] = {}
+        self.coupled: dict[str, str] = {}
+        self._buffers: dict[str, list[tuple[Any, GroupMember]]] = {}
+        self._alive: dict[tuple[str, Any], list[int]] = {}
         self._find_groups()
 
     @property
@@ -159,27 +109,51 @@ class GroupSet:
         """Names of the prunable groups, in module order."""
         return list(self.groups)
 
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """Groups left unpruned because their coupling cannot be proven: ``{name: reason}``."""
+        return {n: s.reason for n, s in self.skipped.items() if s.kind == "unsupported"}
+
     def get(self, name: str) -> ChannelGroup:
-        """Return the group called ``name``; a ``ValueError`` lists the valid names."""
-        if name not in self.groups:
-            raise unknown_group_error(name, self.names)
-        return self.groups[name]
+        """Return the group called ``name``.
+
+        Raises:
+            ValueError: If it is not prunable (with the reason) or unknown (with the valid names).
+        """
+        if name in self.groups:
+            return self.groups[name]
+        raise group_error(name, self)
 
     def prune(self, name: str, drop: Sequence[int]) -> None:
-        """Remove the root channels ``drop`` (and their coupled channels) of group ``name``."""
+        """Remove channels of group ``name`` given as positions among the root's current output
+        channels (after earlier calls removed some), with their coupled channels."""
+        alive = self._alive_of(("out", self._dg.module2node[self.get(name).root]))
+        self.remove(name, [alive[i] for i in drop])
+
+    def remove(self, name: str, channels: Iterable[int]) -> None:
+        """Remove the root channels ``channels`` (indices of the original model) of group
+        ``name`` and every channel coupled with them.
+
+        Raises:
+            ValueError: If a channel is out of range, fixed, or splits a tie; or if Torch-Pruning
+                fails (the message names the group).
+        """
         group = self.get(name)
-        if not drop:
+        channels = sorted(set(channels))
+        _check_removal(group, channels)
+        if not channels:
             return
-        pruner = self._dg.get_pruner_of_module(group.root)
-        tp_group = self._dg.get_pruning_group(group.root, pruner.prune_out_channels, list(drop))
-        tp_group.prune()
-        for item in tp_group.items:  # channel splits now have smaller chunks
-            split = self._splits.get(item.dep.target)
-            if split is not None:
-                offsets = list(itertools.accumulate(split.sizes, initial=0))
-                for i in item.idxs:
-                    split.sizes[bisect.bisect_right(offsets, i) - 1] -= 1
-                _map_split(item.dep.target, split)
+        root = self._dg.module2node[group.root]
+        try:
+            coupling = traverse(self._dg, root, channels, self._tied)
+            self._execute(coupling)
+            self._prune_buffers(name, coupling)
+            self._resize_splits(coupling)
+        except Exception as err:
+            raise ValueError(
+                f"pruning group '{name}' failed ({type(err).__name__}: {err}); leave it out or "
+                "pass it in ignore= and please report it"
+            ) from err
 
     def verify(self) -> None:
         """Check that the module still runs on the example inputs with unchanged output shapes.
@@ -190,204 +164,236 @@ class GroupSet:
         try:
             with eval_mode(self.module), torch.no_grad():
                 shapes = output_shapes(call_module(self.module, self._example_inputs))
-        except RuntimeError as err:
+        except Exception as err:
             raise ValueError(
-                f"the pruned model no longer runs on example_inputs ({err}); slimkit missed a "
-                "channel coupling: pass the layers involved in ignore= and please report it"
+                f"the pruned model no longer runs on example_inputs ({type(err).__name__}: "
+                f"{err}); a size fixed in the model's code, or a coupling slimkit missed"
             ) from err
         if shapes != self._trace.output_shapes:
             raise ValueError(
-                f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; "
-                "slimkit missed a channel coupling: pass the layers involved in ignore="
+                f"pruning changed the output shapes {self._trace.output_shapes} -> {shapes}; a "
+                "size fixed in the model's code, or a coupling slimkit missed"
             )
 
+    # --------------------------------------------------------------------------- internals
     def _find_groups(self) -> None:
-        """Walk root candidates in module order, one group per set of coupled channels."""
+        """Walk root candidates in module order; one group per set of coupled channels."""
         covered: dict[nn.Module, set[int]] = {}
-        deferred: list[tuple[str, nn.Module]] = []
+        owner: dict[nn.Module, str] = {}
         for name, layer in self.module.named_modules():
-            if not self._is_root_candidate(layer):
+            node = self._dg.module2node.get(layer)
+            if (
+                not isinstance(layer, _ROOT_TYPES)
+                or node is None
+                or node.type
+                not in (
+                    _OPT.CONV,
+                    _OPT.LINEAR,
+                )
+            ):
                 continue
+            total = self._dg.get_out_channels(layer)
             done = covered.get(layer, set())
-            if done:
-                if len(done) < self._dg.get_out_channels(layer):
-                    deferred.append((name, layer))
+            free = [c for c in range(total) if c not in done]
+            if not free:
+                self.coupled[name] = owner[layer]
                 continue
-            pruner = self._dg.get_pruner_of_module(layer)
-            channels = list(range(pruner.get_out_channels(layer)))
-            tp_group = self._dg.get_pruning_group(layer, pruner.prune_out_channels, channels)
-            for item in tp_group.items:
-                if self._dg.is_out_channel_pruning_fn(item.dep.handler):
-                    covered.setdefault(item.dep.target.module, set()).update(item.idxs)
-            group = self._inspect(name, layer, tp_group)
-            if group is not None:
-                self.groups[name] = group
-        for name, layer in deferred:
-            if len(covered[layer]) < self._dg.get_out_channels(layer):
-                raise ValueError(
-                    f"the output channels of '{name}' are only partly coupled with the groups of "
-                    "earlier layers (e.g. a concat added to a wider tensor); slimkit cannot name "
-                    f"one group for them: pass '{name}' and its partners in ignore="
-                )
+            if layer in self._ignored:
+                self.skipped[name] = Skip(f"'{name}' is in ignore= or prune_ignore", "ignored")
+                continue
+            result = self._group_of(name, layer, free, covered, owner)
+            if isinstance(result, ChannelGroup):
+                self.groups[name] = result
+            else:
+                self.skipped[name] = result
 
-    def _is_root_candidate(self, layer: nn.Module) -> bool:
-        return (
-            isinstance(layer, _ROOT_TYPES)
-            and layer in self._dg.module2node
-            and layer not in self._ignored
-            and tp.ops.module2type(layer) != _OPT.DEPTHWISE_CONV
+    def _group_of(
+        self,
+        name: str,
+        layer: nn.Module,
+        free: list[int],
+        covered: dict[nn.Module, set[int]],
+        owner: dict[nn.Module, str],
+    ) -> ChannelGroup | Skip:
+        try:
+            coupling = traverse(self._dg, self._dg.module2node[layer], free, self._tied)
+        except Exception as err:  # never let a raw error from the graph code escape
+            reason = f"following the channels of '{name}' failed ({type(err).__name__}: {err})"
+            return Skip(reason, "unsupported")
+        for item in coupling.items:
+            target = item.dep.target.module
+            if self._dg.is_out_channel_pruning_fn(item.dep.handler) and item.idxs:
+                covered.setdefault(target, set()).update(item.idxs)
+                owner.setdefault(target, name)
+        done = covered.get(layer, set()) - set(free)
+        try:
+            result, buffers = self._inspector.inspect(name, layer, coupling, done)
+        except Exception as err:
+            reason = f"checking the channels of '{name}' failed ({type(err).__name__}: {err})"
+            return Skip(reason, "unsupported")
+        if isinstance(result, ChannelGroup):
+            self._buffers[name] = buffers
+        return result
+
+    def _alive_of(self, key: tuple[str, Any], size: int | None = None) -> list[int]:
+        """Original indices still present in a pruned layer's (tensor's, split's) channels."""
+        if key not in self._alive:
+            kind, node = key
+            if size is None:
+                out = kind == "out"
+                size = self._dg.get_out_channels(node) if out else self._dg.get_in_channels(node)
+            self._alive[key] = list(range(size))
+        return self._alive[key]
+
+    @contextlib.contextmanager
+    def pruned(self, name: str, channels: Sequence[int]) -> Iterator[nn.Module]:
+        """``self.module`` with the root channels ``channels`` (original indices) of group
+        ``name`` removed in place, for a ``with`` block only: each layer (tensor, split size)
+        gets what :meth:`remove` would give it, then its own state back. The graph is never
+        changed, so one trace serves any number of variants (the sensitivity analysis)."""
+        group = self.get(name)
+        channels = sorted(set(channels))
+        _check_removal(group, channels)
+        saved: dict[int, tuple[nn.Module, dict[str, Any]]] = {}
+
+        def keep(module: nn.Module) -> None:
+            tables = {"_parameters": dict(module._parameters), "_buffers": dict(module._buffers)}
+            saved.setdefault(id(module), (module, {**vars(module), **tables}))
+
+        alive = {k: list(v) for k, v in self._alive.items()}
+        try:
+            if channels:
+                coupling = traverse(
+                    self._dg, self._dg.module2node[group.root], channels, self._tied
+                )
+                for item, current in self._current(coupling):
+                    node = item.dep.target
+                    if node.type == _OPT.PARAMETER:  # set the pruned parameter on its owner
+                        owner, _, attr = self._dg._param_to_name[node.module].rpartition(".")
+                        keep(self.module.get_submodule(owner))
+                        setattr(self.module.get_submodule(owner), attr, item.dep(current))
+                    else:
+                        keep(node.module)
+                        item.dep(current)
+                for _, member in self._buffers.get(name, ()):
+                    keep(self.module.get_submodule(member.name.rpartition(".")[0]))
+                self._prune_buffers(name, coupling)
+                for item in coupling.items:
+                    facts = self.layout.facts.get(item.dep.target)
+                    if facts is not None and facts.resize is not None:
+                        keep(facts.resize.owner)
+                self._resize_splits(coupling)
+            yield self.module
+        finally:
+            for module, state in saved.values():
+                module.__dict__.clear()
+                module.__dict__.update(state)
+            self._alive = alive
+
+    def _current(self, coupling: Coupling) -> list[tuple[Any, list[int]]]:
+        """Each layer's (or parameter's) item with its channels as current positions; the
+        positions they leave are forgotten in the bookkeeping of what is alive."""
+        out = []
+        for item in coupling.items:
+            node = item.dep.target
+            if node.type in OP_TYPES | {_OPT.OUTPUT}:
+                continue
+            key = ("out" if self._dg.is_out_channel_pruning_fn(item.dep.handler) else "in", node)
+            alive, removed = self._alive_of(key), set(item.idxs)
+            current = [i for i, c in enumerate(alive) if c in removed]
+            if current:
+                out.append((item, current))
+                self._alive[key] = [c for c in alive if c not in removed]
+        return out
+
+    def _execute(self, coupling: Coupling) -> None:
+        """Prune a group given in original indices: translate them to current positions."""
+        group = tp.dependency.Group()
+        group._DG = self._dg
+        for item, current in self._current(coupling):
+            group.add_dep(item.dep, current)
+        group.prune(record_history=False)
+
+    def _resize_splits(self, coupling: Coupling) -> None:
+        """``torch.split`` sizes kept in module attributes follow the parts' new sizes."""
+        for item in coupling.items:
+            facts = self.layout.facts.get(item.dep.target)
+            if facts is None or facts.resize is None or not item.idxs:
+                continue
+            resize, removed = facts.resize, set(item.idxs)
+            key = ("split", item.dep.target)
+            total = resize.sizes[-1] if resize.kind == "bounds" else sum(resize.sizes)
+            alive = [c for c in self._alive_of(key, total) if c not in removed]
+            self._alive[key] = alive
+            if resize.kind == "bounds":
+                for attr, bound in zip(resize.names, resize.sizes[:2], strict=True):
+                    if attr:
+                        setattr(resize.owner, attr, sum(c < bound for c in alive))
+                continue
+            bounds = list(itertools.accumulate(resize.sizes, initial=0))
+            counts = [sum(a <= c < b for c in alive) for a, b in itertools.pairwise(bounds)]
+            if resize.kind == "list":
+                old = getattr(resize.owner, resize.names[0])
+                setattr(resize.owner, resize.names[0], type(old)(counts))
+            elif resize.kind == "ints":
+                for attr, count in zip(resize.names, counts, strict=True):
+                    setattr(resize.owner, attr, count)
+            else:
+                assert len(set(counts)) == 1, "tied split parts must stay equal"
+                value = counts[0] if resize.kind == "int" else sum(counts)
+                setattr(resize.owner, resize.names[0], value)
+
+    def _prune_buffers(self, name: str, coupling: Coupling) -> None:
+        """Buffers that span the group's channels lose the same ones."""
+        for node, member in self._buffers.get(name, ()):
+            item = next((i for i in coupling.items if i.dep.target is node), None)
+            if item is None or not item.idxs:
+                continue
+            owner_name, _, attr = member.name.rpartition(".")
+            owner = self.module.get_submodule(owner_name)
+            tensor = getattr(owner, attr)
+            key = ("buffer", member.name)
+            alive = self._alive_of(key, tensor.shape[member.dim])
+            removed = set(item.idxs)
+            keep = [i for i, c in enumerate(alive) if c not in removed]
+            index = torch.tensor(keep, dtype=torch.long, device=tensor.device)
+            new = tensor.detach().index_select(member.dim, index)
+            if isinstance(tensor, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+            else:
+                owner._buffers[attr] = new
+            self._alive[key] = [c for c in alive if c not in removed]
+
+
+def _check_removal(group: ChannelGroup, channels: list[int]) -> None:
+    if channels and (channels[0] < 0 or channels[-1] >= group.num_channels):
+        raise ValueError(
+            f"group '{group.name}' has channels 0..{group.num_channels - 1}, got {channels}"
         )
-
-    def _inspect(self, name: str, root: nn.Module, tp_group: Any) -> ChannelGroup | None:
-        """Turn a Torch-Pruning group into a :class:`ChannelGroup`; ``None`` if not prunable."""
-        members: list[GroupMember] = []
-        ties: list[list[int]] = []
-        problems: list[str] = []
-        blocked = False
-        for item in tp_group.items:
-            node, idxs, root_idxs = item.dep.target, list(item.idxs), list(item.root_idxs)
-            if not idxs:
-                continue
-            out = self._dg.is_out_channel_pruning_fn(item.dep.handler)
-            if node.type == _OPT.OUTPUT or (out and node.grad_fn in self._trace.boundary_fns):
-                blocked = True  # the group would change a model output or input
-                continue
-            if node.type not in _OP_TYPES:
-                if out and node.module in self._ignored:
-                    blocked = True
-                member_name = self._names.get(node.module, node.name)
-                kind: Literal["out", "in"] = "out" if out else "in"
-                members.append(
-                    GroupMember(member_name, node.module, kind, tuple(idxs), tuple(root_idxs))
-                )
-            problem, node_ties = self._check_node(node, out, idxs, root_idxs)
-            if problem is not None:
-                problems.append(problem)
-            ties.extend(node_ties)
-        if blocked:
-            return None
-        if problems:
+    fixed = set(group.fixed).intersection(channels)
+    if fixed:
+        raise ValueError(f"group '{group.name}' must keep channels {sorted(fixed)}")
+    chosen = set(channels)
+    for tie in group.ties:
+        if 0 < len(chosen.intersection(tie)) < len(tie):
             raise ValueError(
-                f"cannot prune the channels of '{name}': {problems[0]}. Pass '{name}' in ignore= "
-                "to leave this group alone."
+                f"group '{group.name}': channels {list(tie)} are tied (grouped conv, chunk or "
+                "shuffle); remove them together"
             )
-        num_channels = self._dg.get_out_channels(root)
-        tie_sets = merge_ties(ties, num_channels, name)
-        if any(len(t) == num_channels for t in tie_sets):
-            return None  # every channel is tied to every other: nothing can be removed
-        root_node = self._dg.module2node[root]
-        bn = next((n.module for n in root_node.outputs if n.type == _OPT.BN), None)
-        return ChannelGroup(name, root, num_channels, tuple(members), tie_sets, bn)
-
-    def _check_node(
-        self, node: Any, out: bool, idxs: list[int], root_idxs: list[int]
-    ) -> tuple[str | None, list[list[int]]]:
-        """Return a reason the group cannot follow ``node`` (or ``None``) and its channel ties."""
-        if node.type == _OPT.PARAMETER:
-            return None, []
-        if node.type in _OP_TYPES:
-            if node not in self._data:
-                return None, []  # e.g. Linear's weight transpose: not on the activation path
-            if node.type == _OPT.SPLIT:
-                return self._split_ties(node, idxs, root_idxs)
-            return self._op_problem(node), []
-        layer, name = node.module, self._names.get(node.module, node.name)
-        if not isinstance(layer, _MEMBER_TYPES):
-            return f"layer '{name}' ({type(layer).__name__}) mixes or normalises channels", []
-        limit = self._dg.get_out_channels(layer) if out else self._dg.get_in_channels(layer)
-        if limit is not None and max(idxs) >= limit:
-            return f"its channels are broadcast into layer '{name}' with {limit} channels", []
-        if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1:
-            return _grouped_conv_ties(layer, name, out, idxs, root_idxs)
-        return None, []
-
-    def _split_ties(
-        self, node: Any, idxs: list[int], root_idxs: list[int]
-    ) -> tuple[str | None, list[list[int]]]:
-        """A channel split survives pruning only as ``torch.chunk`` into equal parts."""
-        grad_fn, label, split = node.grad_fn, self._op_label(node), self._splits[node]
-        if -1 in split.edge_chunks:
-            return f"{label}: slimkit cannot tell which chunk each consumer reads", []
-        func = self._trace.ops.get(grad_fn, (grad_fn.name(),))[0]
-        if func != "chunk" or len(set(split.sizes)) > 1:
-            return (
-                f"{label} splits channels into parts of fixed sizes {split.sizes}; only "
-                "torch.chunk into equal parts can be pruned",
-                [],
-            )
-        size = split.sizes[0]
-        return tie_by_position(idxs, root_idxs, size, len(split.sizes), label)
-
-    def _op_problem(self, node: Any) -> str | None:
-        """Why channels cannot be followed through an operation, or ``None`` when they can."""
-        grad_fn, label = node.grad_fn, self._op_label(node)
-        if node.type == _OPT.CONCAT:
-            return None
-        if node.type == _OPT.SLICE:
-            return f"{label} slices the channel dimension with fixed bounds"
-        if node.type == _OPT.UNBIND:
-            return f"{label} unbinds a tensor along its channels"
-        ins, out = input_shapes(grad_fn), output_shape(grad_fn)
-        if node.type == _OPT.RESHAPE:
-            return self._reshape_problem(node, label, ins[0] if ins else (), out)
-        return operation_problem(grad_fn, label, self._trace.ops.get(grad_fn, ("", []))[1])
-
-    def _reshape_problem(
-        self, node: Any, label: str, src: tuple[int, ...], out: tuple[int, ...]
-    ) -> str | None:
-        """Allow reshapes that keep dim 1 as channels, and ``flatten(1)`` before a Linear."""
-        if len(src) >= 2 and len(out) >= 2 and src[:2] == out[:2]:
-            return None
-        if len(out) == 2 and len(src) >= 3 and out == (src[0], math.prod(src[1:])):
-            stride = math.prod(src[2:])
-            for in_node in node.inputs:
-                for dep in in_node.dependencies:
-                    mapping = dep.index_mapping[0]
-                    if dep.target is node and getattr(mapping, "_stride", None) == stride:
-                        return None
-            return f"{label} flattens {src} in a way the dependency graph did not map"
-        return f"{label} reshapes {src} -> {out}, mixing channels with other dimensions"
-
-    def _op_label(self, node: Any) -> str:
-        """``"operation 'permute' after layer 'blocks.3.conv'"`` for error messages."""
-        func = self._trace.ops.get(node.grad_fn, (node.grad_fn.name(),))[0]
-        seen, stack = set(), list(node.inputs)
-        while stack:
-            prev = stack.pop(0)
-            if prev in seen:
-                continue
-            seen.add(prev)
-            if prev.type not in _NON_LAYER_TYPES:
-                return f"operation '{func}' after layer '{self._names.get(prev.module, prev.name)}'"
-            stack.extend(prev.inputs)
-        return f"operation '{func}'"
+    if len(chosen) >= group.num_channels:
+        raise ValueError(f"group '{group.name}' must keep at least one channel")
 
 
-def prunable_groups(
-    module: nn.Module, example_inputs: ExampleInputs, ignore: IgnoreSpec = ()
-) -> list[str]:
-    """Return the names of every prunable set of coupled channels of ``module``.
-
-    Args:
-        module: Any ``nn.Module`` (left untouched); its ``prune_ignore`` names are honoured.
-        example_inputs: A tensor, a tuple of positional inputs or a dict of keyword inputs.
-        ignore: Modules of ``module`` or their qualified names never to be pruned as a group root.
-
-    Returns:
-        Group names (qualified names of the root layers), in module order. Groups feeding a model
-        output, coupled with an ignored layer's outputs, or touching the model input are left out.
-
-    Raises:
-        ValueError: If a group's coupling cannot be followed (the message names the layer).
-    """
-    return GroupSet(module, example_inputs, ignore).names
-
-
-def channel_groups(
-    module: nn.Module, example_inputs: ExampleInputs, ignore: IgnoreSpec = ()
-) -> list[ChannelGroup]:
-    """Like :func:`prunable_groups`, but return the groups with their members and indices."""
-    return list(GroupSet(module, example_inputs, ignore).groups.values())
+def group_error(name: str, found: GroupSet) -> ValueError:
+    """Why ``name`` cannot be pruned: not prunable (with the reason), coupled, or unknown."""
+    if name in found.skipped:
+        return ValueError(f"group {name!r} cannot be pruned: {found.skipped[name].reason}")
+    if name in found.coupled:
+        return ValueError(
+            f"{name!r} is not a group of its own: its channels belong to group "
+            f"{found.coupled[name]!r}; prune that one"
+        )
+    return unknown_group_error(name, found.names)
 
 
 def unknown_group_error(name: str, valid: Sequence[str]) -> ValueError:
@@ -397,160 +403,50 @@ def unknown_group_error(name: str, valid: Sequence[str]) -> ValueError:
     return ValueError(f"unknown group {name!r}.{hint} Valid groups: {', '.join(valid) or 'none'}.")
 
 
-def _resolve_ignore(module: nn.Module, ignore: IgnoreSpec) -> frozenset[nn.Module]:
-    """Ignored modules (with all their submodules) from ``ignore`` and ``prune_ignore``."""
+def resolve_ignore(module: nn.Module, ignore: IgnoreSpec) -> tuple[str, ...]:
+    """Qualified names of the modules ``ignore`` designates, plus ``prune_ignore`` entries.
+
+    Call this on the user's model before copying it: module objects are matched by identity.
+
+    Args:
+        module: The model.
+        ignore: Modules of ``module``, their qualified names, or ``nn.Module`` subclasses (every
+            instance); one of them or an iterable of them.
+
+    Raises:
+        ValueError: On a name that is no module of ``module`` (with close matches), or a module
+            object that is not part of it.
+        TypeError: On anything else.
+    """
     by_name = dict(module.named_modules())
-    items = [ignore] if isinstance(ignore, str | nn.Module) else list(ignore)
+    name_of = {id(m): n for n, m in reversed(list(by_name.items()))}
+    single = isinstance(ignore, str | nn.Module) or (
+        isinstance(ignore, type) and issubclass(ignore, nn.Module)
+    )
+    items: list[Any] = [ignore] if single else list(ignore)  # type: ignore[arg-type]
     for prefix, sub in by_name.items():
         for rel in getattr(sub, "prune_ignore", None) or ():
             items.append(f"{prefix}.{rel}" if prefix else rel)
-    known = set(map(id, by_name.values()))
-    ignored: set[nn.Module] = set()
+    names: list[str] = []
     for item in items:
         if isinstance(item, str):
             if item not in by_name:
                 close = difflib.get_close_matches(item, list(by_name), n=3)
                 hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
                 raise ValueError(f"ignore names no module {item!r} of the model.{hint}")
-            item = by_name[item]
-        elif not isinstance(item, nn.Module):
-            raise TypeError(f"ignore takes modules or qualified names, got {type(item).__name__}")
-        elif id(item) not in known:
-            raise ValueError(f"ignore holds a {type(item).__name__} that is not part of the model")
-        ignored.update(item.modules())
-    return frozenset(ignored)
-
-
-def _build_graph(module: nn.Module, example_inputs: ExampleInputs) -> tuple[Any, Trace]:
-    """Trace ``module`` once: the dependency graph plus what :class:`Trace` records."""
-    args, kwargs = traceable_inputs(example_inputs)
-    recorder, outputs = OpRecorder(), []
-
-    def forward_fn(model: nn.Module, _: Any) -> Any:
-        with recorder:
-            outputs.append(model(*args, **kwargs))
-        return outputs[-1]
-
-    with keep_training_modes(module), torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(
-            module, example_inputs=args, forward_fn=forward_fn, verbose=False
-        )
-    trace = Trace(
-        recorder.ops,
-        grad_fns((args, kwargs)),
-        grad_fns(outputs[-1]),
-        output_shapes(outputs[-1]),
-    )
-    _drop_non_channel_mappings(dg, trace)
-    return dg, trace
-
-
-def _drop_non_channel_mappings(dg: Any, trace: Trace) -> None:
-    """Concat/split/slice along a non-channel dim couple channels one to one.
-
-    Torch-Pruning reads a negative ``dim`` as the channel dim; turn such nodes into plain
-    element-wise nodes and clear the index mappings it already set.
-    """
-    for node in dg.module2node.values():
-        if node.type not in (_OPT.CONCAT, _OPT.SPLIT, _OPT.SLICE):
-            continue
-        dim = op_dim(node.grad_fn)
-        if dim is None or dim == 1:
-            continue
-        slot = 1 if node.type == _OPT.CONCAT else 0
-        node.type, node.enable_index_mapping = _OPT.ELEMENTWISE, False
-        for dep in node.dependencies:
-            dep.index_mapping[slot] = None
-        for other in (*node.inputs, *node.outputs):
-            for dep in other.dependencies:
-                if dep.target is node:
-                    dep.index_mapping[slot] = None
-
-
-@dataclass
-class _Split:
-    """A channel split's chunk sizes and, per outgoing edge of its node, the chunk it carries."""
-
-    sizes: list[int]
-    edge_chunks: list[int]
-
-
-def _take_over_channel_splits(dg: Any) -> dict[Any, _Split]:
-    """Map channel splits (chunk/split along dim 1) by the chunk each consumer really reads.
-
-    Torch-Pruning assumes the i-th consumer of a split reads the i-th chunk, which breaks when a
-    chunk has several consumers (or none). The autograd graph says which chunk (``output_nr``)
-    each consumer reads; slimkit sets the index mappings from that and keeps them up to date.
-    """
-    splits = {}
-    for node in dg.module2node.values():
-        if node.type != _OPT.SPLIT:
-            continue
-        grad_fn = node.grad_fn
-        sizes = getattr(grad_fn, "_saved_split_sizes", None)
-        if sizes is None:
-            size, total = grad_fn._saved_split_size, grad_fn._saved_self_sym_sizes[1]
-            sizes = [min(size, total - start) for start in range(0, total, size)]
-        seen: dict[Any, int] = {}
-        edge_chunks = []
-        for consumer in node.outputs:
-            nrs = [nr for fn, nr in consumer.grad_fn.next_functions if fn is grad_fn]
-            k = seen[consumer] = seen.get(consumer, -1) + 1
-            edge_chunks.append(nrs[k] if k < len(nrs) else -1)
-        node.enable_index_mapping = False  # stop Torch-Pruning from remapping it
-        splits[node] = _Split(list(sizes), edge_chunks)
-        if -1 not in edge_chunks:  # else groups through it report it (see _split_ties)
-            _map_split(node, splits[node])
-    if splits:  # concat sizes were inferred from the wrong split sizes: infer them again
-        for node in dg.module2node.values():
-            if node.type == _OPT.CONCAT:
-                node.module.concat_sizes = None
-        tp.dependency.index_mapping.update_index_mapping(dg)
-    return splits
-
-
-def _map_split(node: Any, split: _Split) -> None:
-    """Set the index mappings between a split node and its consumers from the chunk sizes."""
-    offsets = list(itertools.accumulate(split.sizes, initial=0))
-    node.module.split_sizes = [split.sizes[k] for k in split.edge_chunks]
-    node.module.offsets = offsets
-    out_deps = node.dependencies[len(node.inputs) :]
-    seen: dict[Any, int] = {}
-    for dep, consumer, k in zip(out_deps, node.outputs, split.edge_chunks, strict=True):
-        offset = offsets[k : k + 2]
-        dep.index_mapping[0] = _SplitIndexMapping(offset=offset, reverse=False)
-        nth = seen[consumer] = seen.get(consumer, -1) + 1
-        slot = [j for j, n in enumerate(consumer.inputs) if n is node][nth]
-        consumer.dependencies[slot].index_mapping[0] = _SplitIndexMapping(
-            offset=offset, reverse=True
-        )
-
-
-def _data_nodes(dg: Any, trace: Trace) -> set[Any]:
-    """Nodes downstream of a layer or a model input, i.e. on the activation path."""
-    stack = [
-        n
-        for n in dg.module2node.values()
-        if n.type not in _NON_LAYER_TYPES or n.grad_fn in trace.input_fns
-    ]
-    seen: set[Any] = set()
-    while stack:
-        node = stack.pop()
-        if node not in seen:
-            seen.add(node)
-            stack.extend(node.outputs)
-    return seen
-
-
-def _grouped_conv_ties(
-    conv: nn.modules.conv._ConvNd, name: str, out: bool, idxs: list[int], root_idxs: list[int]
-) -> tuple[str | None, list[list[int]]]:
-    """Grouped convs keep ``groups``: each group loses the channels at the same positions."""
-    if tp.ops.module2type(conv) == _OPT.DEPTHWISE_CONV:
-        if conv.in_channels != conv.out_channels:
-            return f"depthwise conv '{name}' changes the channel count", []
-        return None, []
-    if conv.transposed:
-        return f"grouped transposed conv '{name}' is not supported", []
-    per_group = (conv.out_channels if out else conv.in_channels) // conv.groups
-    return tie_by_position(idxs, root_idxs, per_group, conv.groups, f"grouped conv '{name}'")
+            names.append(item)
+        elif isinstance(item, type) and issubclass(item, nn.Module):
+            names.extend(n for n, m in by_name.items() if isinstance(m, item))
+        elif isinstance(item, nn.Module):
+            if id(item) not in name_of:
+                raise ValueError(
+                    f"ignore holds a {type(item).__name__} that is not part of the model; pass "
+                    "modules of the model you prune, their qualified names, or module types"
+                )
+            names.append(name_of[id(item)])
+        else:
+            raise TypeError(
+                "ignore takes modules, qualified names or module types (or a list of them), "
+                f"got {type(item).__name__}"
+            )
+    return tuple(dict.fromkeys(names))

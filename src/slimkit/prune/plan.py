@@ -6,9 +6,11 @@ prunes a freshly built model the same way, then the caller loads the pruned ``st
 File format (``format`` and ``version`` are checked on load)::
 
     {"format": "slimkit.prune_plan", "version": 1, "criterion": "l1",
-     "groups": [{"name": "blocks.1.conv_pw", "num_channels": 96, "kept": [0, 3, 4, ...]}, ...]}
+     "groups": [{"name": "blocks.1.conv_pw", "num_channels": 96, "kept": [0, 3, 4, ...]}, ...],
+     "unpruned": {"blocks.4.conv": "cannot prune the channels of ...: ..."}}
 
 ``groups`` are in application order; ``kept`` are sorted output-channel indices of the root.
+``unpruned`` (optional, informational) lists the groups slimkit left alone and why.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from torch import nn
 
 from slimkit._io import atomic_write_json
 
-from .groups import ExampleInputs, GroupSet, unknown_group_error
+from .groups import ExampleInputs, GroupSet
 
 __all__ = [
     "PLAN_FORMAT",
@@ -85,16 +87,19 @@ class PrunePlan:
     criterion: str
     groups: tuple[GroupPlan, ...]
     version: int = PLAN_VERSION
+    unpruned: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.groups]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"plan lists groups more than once: {', '.join(duplicates)}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.unpruned.items()):
+            raise ValueError("plan 'unpruned' must map group names to reasons (strings)")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict ready for ``json.dump``."""
-        return {
+        data: dict[str, Any] = {
             "format": PLAN_FORMAT,
             "version": self.version,
             "criterion": self.criterion,
@@ -103,6 +108,9 @@ class PrunePlan:
                 for g in self.groups
             ],
         }
+        if self.unpruned:
+            data["unpruned"] = dict(self.unpruned)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrunePlan:
@@ -130,7 +138,10 @@ class PrunePlan:
             if not isinstance(entry["kept"], list):
                 raise ValueError(f"plan group {entry['name']!r}: 'kept' must be a list")
             entries.append(GroupPlan(entry["name"], entry["num_channels"], tuple(entry["kept"])))
-        return cls(criterion=data["criterion"], groups=tuple(entries))
+        unpruned = data.get("unpruned", {})
+        if not isinstance(unpruned, Mapping):
+            raise ValueError("plan 'unpruned' must be an object {group: reason}")
+        return cls(criterion=data["criterion"], groups=tuple(entries), unpruned=dict(unpruned))
 
 
 def save_plan(plan: PrunePlan | Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -205,7 +216,9 @@ def compose_plans(
         merged[entry.name] = GroupPlan(entry.name, before.num_channels, kept)
     same = first.criterion == second.criterion
     criterion = first.criterion if same else f"{first.criterion}+{second.criterion}"
-    return PrunePlan(criterion=criterion, groups=tuple(merged.values()))
+    unpruned = {**first.unpruned, **second.unpruned}
+    unpruned = {n: r for n, r in unpruned.items() if n not in merged}
+    return PrunePlan(criterion=criterion, groups=tuple(merged.values()), unpruned=unpruned)
 
 
 def apply_to_groups(groups: GroupSet, plan: PrunePlan) -> None:
@@ -213,20 +226,24 @@ def apply_to_groups(groups: GroupSet, plan: PrunePlan) -> None:
     for entry in plan.groups:
         _check_entry(groups, entry)
     for entry in plan.groups:
-        groups.prune(entry.name, entry.dropped)
+        groups.remove(entry.name, entry.dropped)
     groups.verify()
 
 
 def _check_entry(groups: GroupSet, entry: GroupPlan) -> None:
-    if entry.name not in groups.groups:
-        raise unknown_group_error(entry.name, groups.names)
-    group = groups.groups[entry.name]
+    group = groups.get(entry.name)
     if entry.num_channels != group.num_channels:
         raise ValueError(
             f"plan group {entry.name!r} has {entry.num_channels} channels but the model's has "
             f"{group.num_channels}: the plan was made for another architecture"
         )
     kept = set(entry.kept)
+    lost = sorted(set(group.fixed) - kept)
+    if lost:
+        raise ValueError(
+            f"plan group {entry.name!r} drops channels {lost[:8]} that must stay (coupled with "
+            "another group or read with fixed bounds)"
+        )
     for tie in group.ties:
         if 0 < len(kept.intersection(tie)) < len(tie):
             raise ValueError(

@@ -14,7 +14,9 @@ from typing import Any
 from torch import nn
 
 from slimkit._utils import agg_figure
-from slimkit.prune.ratios import _as_sensitivities, get_ratios_by_loss
+
+from .ratios import BudgetPruning, get_ratios_by_loss
+from .sensitivity_file import as_sensitivities
 
 __all__ = ["DEFAULT_BUDGETS", "budget_curve", "plot_budget_curve", "plot_group_curves"]
 
@@ -50,27 +52,15 @@ def budget_curve(
     Returns:
         ``{"budgets": [...], "params_pruned": [...], "flops_pruned": [...]}`` (fractions).
     """
-    from slimkit.prune.counting import count_macs, count_params
-    from slimkit.prune.pruner import prune_model
-
-    if criterion is None:
-        criterion = (
-            sensitivities.get("criterion", "l1") if isinstance(sensitivities, dict) else "l1"
-        )
-    losses = _as_sensitivities(sensitivities)
-    base = (count_params(model), count_macs(model, example_inputs))
-    seen: dict[tuple[tuple[str, float], ...], tuple[float, float]] = {}
+    prune_at = BudgetPruning(
+        sensitivities, model, example_inputs, ignore=ignore, criterion=criterion
+    )
     curve: dict[str, list[float]] = {"budgets": [], "params_pruned": [], "flops_pruned": []}
     for budget in budgets:
-        ratios = {g: r for g, r in get_ratios_by_loss(losses, budget).items() if r > 0}
-        key = tuple(sorted(ratios.items()))
-        if key not in seen:
-            pruned = prune_model(model, ratios, example_inputs, ignore=ignore, criterion=criterion)
-            size = (count_params(pruned), count_macs(pruned, example_inputs))
-            seen[key] = (1 - size[0] / base[0], 1 - size[1] / base[1])
+        _, params, flops = prune_at(budget)
         curve["budgets"].append(float(budget))
-        curve["params_pruned"].append(seen[key][0])
-        curve["flops_pruned"].append(seen[key][1])
+        curve["params_pruned"].append(params)
+        curve["flops_pruned"].append(flops)
     return curve
 
 
@@ -140,7 +130,7 @@ def plot_group_curves(
     Returns:
         The chosen ``{group: ratio}``.
     """
-    losses = _as_sensitivities(sensitivities)
+    losses = as_sensitivities(sensitivities)
     if not losses:
         raise ValueError("no groups to plot: the sensitivities are empty")
     chosen = get_ratios_by_loss(losses, eval_metric_loss)
@@ -152,7 +142,9 @@ def plot_group_curves(
     return chosen
 
 
-def _curves(losses: dict, chosen: dict[str, float], budget: float) -> Any:
+def _curves(
+    losses: dict[str, dict[float, float | None]], chosen: dict[str, float], budget: float
+) -> Any:
     fig = agg_figure(7.5, 4.8)
     ax = fig.add_subplot()
     for i, (group, points) in enumerate(losses.items()):
@@ -170,7 +162,9 @@ def _curves(losses: dict, chosen: dict[str, float], budget: float) -> Any:
     return fig
 
 
-def _heatmap(losses: dict, chosen: dict[str, float], budget: float) -> Any:
+def _heatmap(
+    losses: dict[str, dict[float, float | None]], chosen: dict[str, float], budget: float
+) -> Any:
     import matplotlib
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm

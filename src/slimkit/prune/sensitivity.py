@@ -3,100 +3,63 @@
 For every group and ratio the group alone is pruned (:func:`slimkit.prune.pruner.prune_model` with
 ``{group: ratio}``), the physically smaller model is evaluated under ``torch.inference_mode`` and
 ``relative_loss = (baseline - pruned) / baseline`` is recorded, as PaddleSlim's ``sensitivity``
-does.
+does (``fast=False`` runs exactly that loop).
 
-The fast path (``fast=True``) gives the same numbers as that loop while running much less. Each
-group's copy is traced once and pruned step by step (:class:`_StepPruner`). With ``data`` +
-``metric``, the part of the forward pass that runs before a group's first changed layer does not
-depend on the pruning: the outputs of those submodules are computed once for the whole validation
-set (:class:`_ActivationCache`) and replayed for every ratio. Only modules executed once per forward
-are replayed; only the tensors that later code reads are kept (found by tracing one batch with a
-``TorchFunctionMode``); one-batch comparisons with full runs guard every step.
+The fast path (``fast=True``) gives the same numbers while running much less. The module is
+traced once; every point prunes one copy of it in place and restores it (:class:`_Variants`,
+``GroupSet.pruned``). With ``data`` + ``metric``, what runs before a group's first consuming layer
+is what the unpruned module computed, less the group's channels: it is computed once for the whole
+validation set and replayed (:class:`slimkit.prune._cache.ActivationCache`).
 
-The results live in a JSON file (see :mod:`slimkit.prune.ratios` for the format), rewritten
-atomically after every point so that an interrupted analysis resumes where it stopped.
+The results live in a JSON file (see :mod:`slimkit.prune.sensitivity_file` for the format), written
+atomically (and under a lock, merged with what other workers wrote) after every point, so that an
+interrupted analysis resumes where it stopped. Under ``torchrun`` the ranks share the groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import glob
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
+from tqdm import tqdm
 
+from slimkit._distributed import all_gather, barrier, process_group
 from slimkit._utils import eval_mode
-from slimkit.prune.ratios import (
+
+from ._cache import ActivationCache
+from ._replay import full_metric, to_device
+from .criteria import get_criterion
+from .discovery import find_groups
+from .groups import GroupSet, IgnoreSpec, resolve_ignore
+from .pruner import prune_model, select_channels
+from .sensitivity_file import (
     Sensitivities,
-    _check_baseline,
-    _check_ratios,
-    _is_capped,
-    _is_pending,
-    _new_record,
-    _resume_record,
-    _select_groups,
-    _write_atomic,
+    add_points,
+    check_baseline,
+    check_replaceable,
+    is_capped,
+    is_pending,
+    locked,
+    new_record,
     ratio_key,
+    resume_record,
+    save_shared,
     weights_fingerprint,
+    write_sensitivities,
 )
 
 __all__ = ["DEFAULT_RATIOS", "analyze_sensitivity"]
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-# ---------------------------------------------------------------------------- evaluation basics
-def _call(module: nn.Module, inputs: Any) -> Any:
-    """``module(*inputs)`` for a tuple/list, ``module(**inputs)`` for a dict, else ``module(x)``."""
-    if isinstance(inputs, (tuple, list)):
-        return module(*inputs)
-    if isinstance(inputs, dict):
-        return module(**inputs)
-    return module(inputs)
-
-
-def _to_device(tree: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return tree
-    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)
-
-
-def _clone(leaf: Any) -> Any:
-    return leaf.clone() if isinstance(leaf, torch.Tensor) and not leaf.is_meta else leaf
-
-
-def _same_outputs(a: Any, b: Any) -> bool:
-    """Bitwise equality of two (nested) outputs."""
-    (leaves_a, spec_a), (leaves_b, spec_b) = pytree.tree_flatten(a), pytree.tree_flatten(b)
-    return spec_a == spec_b and all(map(_same_leaf, leaves_a, leaves_b))
-
-
-def _same_leaf(x: Any, y: Any) -> bool:
-    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-        return x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
-    return type(x) is type(y) and (x is y or x == y)
-
-
-def _full_metric(
-    module: nn.Module, data: Iterable[Any], metric: Callable[..., float], device: Any
-) -> float:
-    """The metric of ``module`` over the whole of ``data`` (no caching)."""
-    outputs, targets = [], []
-    with torch.inference_mode():
-        for inputs, target in data:
-            outputs.append(_call(module, _to_device(inputs, device)))
-            targets.append(target)
-    return float(metric(outputs, targets))
 
 
 class _PlainEvaluator:
@@ -107,408 +70,139 @@ class _PlainEvaluator:
         with torch.inference_mode():
             self.baseline = float(evaluate(module))
 
-    def order_groups(self, members: dict[str, list[str]]) -> list[str]:
-        return list(members)
+    def order_groups(self, groups: dict[str, Any], points: dict[str, int]) -> list[str]:
+        return list(groups)
 
-    def evaluate(self, pruned: nn.Module, group: str) -> float:
+    def evaluate(self, pruned: nn.Module, group: str, drop: Any = ()) -> float:
         with torch.inference_mode():
             return float(self._evaluate(pruned))
 
 
-# ----------------------------------------------------------------------------- activation cache
-class _Stop(Exception):
-    """Raised by a pre-hook to end a forward pass once everything worth caching is computed."""
-
-
-@dataclass
-class _Entry:
-    """One batch: the module inputs and the replayed submodule outputs (``None``: run everything).
-
-    Tensor leaves that no later code reads are stored as meta tensors (shape only, no memory).
-    """
-
-    inputs: Any
-    outputs: dict[str, Any] | None
-
-
-class _Replay:
-    """Which batch the replaced submodules currently return the cached outputs of."""
-
-    def __init__(self, clone: bool = True) -> None:
-        self.entry: _Entry | None = None
-        self.clone = clone  # hand out copies: later in-place ops must not alter the cache
-
-    def value(self, tree: Any) -> Any:
-        return pytree.tree_map(_clone, tree) if self.clone else tree
-
-    def inputs(self) -> Any:
-        entry = self.entry
-        assert entry is not None
-        return entry.inputs if entry.outputs is None else self.value(entry.inputs)
-
-
-def _replayed_forward(
-    state: _Replay, name: str, original: Callable[..., Any], *a: Any, **k: Any
-) -> Any:
-    entry = state.entry
-    if entry is None or entry.outputs is None:
-        return original(*a, **k)
-    return state.value(entry.outputs[name])
-
-
-@contextlib.contextmanager
-def _replaying(module: nn.Module, names: Iterable[str], state: _Replay) -> Iterator[None]:
-    """Make the named submodules return ``state``'s cached outputs instead of computing."""
-    saved = []
-    for name in names:
-        sub = module.get_submodule(name)
-        saved.append((sub, sub.__dict__.get("forward")))
-        sub.forward = functools.partial(_replayed_forward, state, name, sub.forward)
-    try:
-        yield
-    finally:
-        for sub, own_forward in saved:
-            if own_forward is None:
-                del sub.forward
-            else:
-                sub.forward = own_forward
-
-
-@contextlib.contextmanager
-def _recording(module: nn.Module, names: Iterable[str], stop: str | None) -> Iterator[dict]:
-    """Collect copies of the named submodules' outputs; raise :class:`_Stop` as ``stop`` starts."""
-    store: dict[str, Any] = {}
-
-    def keep(name: str, _m: nn.Module, _args: Any, output: Any) -> None:
-        store[name] = pytree.tree_map(_clone, output)
-
-    def halt(_m: nn.Module, _args: Any) -> None:
-        raise _Stop
-
-    handles = [
-        module.get_submodule(n).register_forward_hook(functools.partial(keep, n)) for n in names
-    ]
-    if stop is not None:
-        handles.append(module.get_submodule(stop).register_forward_pre_hook(halt))
-    try:
-        yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-class _ReadTracker(TorchFunctionMode):
-    """Notes which watched tensors any torch function (or tensor method / attribute) receives."""
-
-    def __init__(self, watched: dict[int, tuple[str, int]]) -> None:
-        super().__init__()
-        self.watched = watched
-        self.read: set[tuple[str, int]] = set()
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        for leaf in pytree.tree_leaves((args, kwargs)):
-            key = self.watched.get(id(leaf))
-            if key is not None:
-                self.read.add(key)
-        return func(*args, **kwargs)
-
-
-def _keyed_leaves(key: str, tree: Any) -> Iterator[tuple[tuple[str, int], Any]]:
-    for j, leaf in enumerate(pytree.tree_leaves(tree)):
-        if isinstance(leaf, torch.Tensor):
-            yield (key, j), leaf
-
-
-def _freeze(key: str, tree: Any, needed: set[tuple[str, int]]) -> Any:
-    """``tree`` with every tensor leaf that is not ``needed`` replaced by a meta placeholder."""
-    leaves, spec = pytree.tree_flatten(tree)
-    leaves = [
-        leaf.to("meta") if isinstance(leaf, torch.Tensor) and (key, j) not in needed else leaf
-        for j, leaf in enumerate(leaves)
-    ]
-    return pytree.tree_unflatten(leaves, spec)
-
-
-def _nbytes(tree: Any) -> int:
-    return sum(
-        t.numel() * t.element_size()
-        for t in pytree.tree_leaves(tree)
-        if isinstance(t, torch.Tensor) and not t.is_meta
-    )
-
-
-def _ancestors(name: str) -> Iterator[str]:
-    while "." in name:
-        name = name.rpartition(".")[0]
-        yield name
-
-
-def _same_module(a: nn.Module, b: nn.Module) -> bool:
-    """Whether ``b`` computes what ``a`` does: same type, settings, tensors (shapes and values)."""
-    if type(a) is not type(b) or a.extra_repr() != b.extra_repr() or _settings(a) != _settings(b):
-        return False
-    for getter in ("named_parameters", "named_buffers"):
-        ta, tb = (dict(getattr(m, getter)(recurse=False)) for m in (a, b))
-        if ta.keys() != tb.keys() or not all(map(_same_leaf, ta.values(), tb.values())):
-            return False
-    return True
-
-
-def _settings(module: nn.Module) -> dict[str, Any]:
-    simple = (int, float, str, bool, tuple)
-    return {k: v for k, v in vars(module).items() if k[0] != "_" and isinstance(v, simple)}
-
-
-class _ActivationCache:
-    """Evaluates pruned copies of one module, replaying what runs before their first change.
-
-    Execution order comes from forward hooks on the first batch: ``order[name] = [start, end,
-    calls]`` in hook events. The *cut* of a pruned model is the start of the first executed module
-    (or executed ancestor of a module) whose settings or tensors differ from the original. A
-    submodule executed once that ends before the cut cannot depend on the pruning: the cache holds
-    the outputs of the maximal such submodules (the *level* of that cut) for every batch, up to
-    ``cap_bytes`` (later batches run in full). Levels only move forward: groups come sorted by cut,
-    and each level is built from the previous one, stopping the forward pass at the cut.
-    """
-
-    def __init__(
-        self,
-        module: nn.Module,
-        data: Iterable[Any],
-        metric: Callable[..., float],
-        device: Any,
-        cap_bytes: int,
-    ) -> None:
-        self.module, self.data, self.metric, self.device = module, data, metric, device
-        self.cap_bytes = cap_bytes
-        self.order: dict[str, list[int]] = {}
-        self.targets: list[Any] = []
-        self.cut, self.names, self.failed = 0.0, [], set()
-        self.entries: list[_Entry | None] = []
-        self.cuts: dict[str, float] = {}
-        self.checked: set[str] = set()
-        self.last_cut: tuple[nn.Module | None, float] = (None, math.inf)
-        self.uncached: set[str] = set()
-        with torch.inference_mode():
-            self.baseline = self._first_pass()
-
-    def _first_pass(self) -> float:
-        """Baseline metric; records execution order and keeps the inputs as the first level."""
-        events = [0]
-
-        def pre(name: str, _m: nn.Module, _a: Any) -> None:
-            self.order.setdefault(name, [events[0], -1, 0])[2] += 1
-            events[0] += 1
-
-        def post(name: str, _m: nn.Module, _a: Any, _o: Any) -> None:
-            self.order[name][1] = events[0]
-            events[0] += 1
-
-        hooks = []
-        for name, sub in self.module.named_modules():
-            hooks.append(sub.register_forward_pre_hook(functools.partial(pre, name)))
-            hooks.append(sub.register_forward_hook(functools.partial(post, name)))
-        outputs, used = [], 0
-        try:
-            for inputs, target in self.data:
-                inputs = _to_device(inputs, self.device)
-                used += _nbytes(inputs)
-                self.entries.append(_Entry(inputs, {}) if used <= self.cap_bytes else None)
-                if not outputs:
-                    self.inputs0 = pytree.tree_map(_clone, inputs)
-                outputs.append(_call(self.module, inputs))
-                if len(outputs) == 1:  # the order of one forward pass is all we need
-                    self.output0 = pytree.tree_map(_clone, outputs[0])
-                    for handle in hooks:
-                        handle.remove()
-                self.targets.append(target)
-        finally:
-            for handle in hooks:
-                handle.remove()
-        if not outputs:
-            raise ValueError(
-                "data yielded no batches; pass a non-empty re-iterable of (inputs, targets)"
-            )
-        return float(self.metric(outputs, self.targets))
-
-    def order_groups(self, members: dict[str, list[str]]) -> list[str]:
-        """Groups sorted by the cut their member layers predict, so that caches are shared."""
-        self.cuts = {g: min(map(self._start, names), default=0.0) for g, names in members.items()}
-        return sorted(members, key=lambda g: (self.cuts[g], g))
-
-    def _start(self, name: str) -> float:
-        """Start event of the module, or of its nearest executed ancestor (which may use it)."""
-        while name and name not in self.order:
-            name = name.rpartition(".")[0]
-        return self.order[name][0] if name in self.order else 0.0
-
-    def cut_of(self, pruned: nn.Module) -> float:
-        """Start event of the first executed module that the pruning changed (inf: none changed).
-
-        A model pruned further in place (``_StepPruner``) keeps the cut found the first time it
-        changed: only the same group's layers shrink again.
-        """
-        if self.last_cut[0] is pruned and self.last_cut[1] < math.inf:
-            return self.last_cut[1]
-        new = dict(pruned.named_modules(remove_duplicate=False))
-        old = dict(self.module.named_modules(remove_duplicate=False))
-        if new.keys() != old.keys():
-            return 0.0
-        changed = (self._start(n) for n, sub in old.items() if not _same_module(sub, new[n]))
-        self.last_cut = (pruned, min(changed, default=math.inf))
-        return self.last_cut[1]
-
-    def _replaceable(self, cut: float) -> list[str]:
-        """The outermost submodules run once that end before ``cut``."""
-        ok = {n for n, (_, end, calls) in self.order.items() if n and calls == 1 and end < cut}
-        return sorted(n for n in ok if not any(a in ok for a in _ancestors(n)))
-
-    def _batches(self) -> Iterator[tuple[int, _Entry]]:
-        """Every batch: a cached entry, or past the cap raw inputs (read again from ``data``)."""
-        if all(e is not None for e in self.entries):
-            yield from enumerate(self.entries)  # type: ignore[misc]
-            return
-        for i, (inputs, _) in enumerate(self.data):
-            entry = self.entries[i]
-            yield i, entry if entry is not None else _Entry(_to_device(inputs, self.device), None)
-
-    def _needed(self, names: list[str], stop: str) -> set[tuple[str, int]] | None:
-        """Leaves of the inputs and of the outputs of ``names`` read after those modules (batch 0).
-
-        Returns ``None`` if replaying with only those leaves does not reproduce the full output.
-        """
-        state = _Replay()  # batch 0 through the current level, up to the new cut
-        state.entry = self.entries[0] or _Entry(pytree.tree_map(_clone, self.inputs0), None)
-        with (
-            _replaying(self.module, self.names, state),
-            _recording(self.module, names, stop) as rec0,
-            contextlib.suppress(_Stop),
-        ):
-            _call(self.module, state.inputs())
-        inputs, outs = pytree.tree_map(_clone, (self.inputs0, rec0))  # the trace may alter them
-        watched = {id(t): key for key, t in _keyed_leaves("", inputs)}
-        watched.update({id(t): key for n in names for key, t in _keyed_leaves(n, outs[n])})
-        state, tracker = _Replay(clone=False), _ReadTracker(watched)
-        state.entry = _Entry(inputs, outs)
-        with _replaying(self.module, names, state), tracker:
-            out = _call(self.module, inputs)
-        needed = tracker.read | {
-            watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in watched
-        }
-        state = _Replay()
-        state.entry = _Entry(
-            _freeze("", self.inputs0, needed), {n: _freeze(n, rec0[n], needed) for n in names}
+def _check_ratios(ratios: Iterable[float] | float) -> list[float]:
+    """The sorted, distinct ratios (a single number is one ratio)."""
+    if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
+        ratios = [ratios]
+    if isinstance(ratios, (str, bytes)) or not isinstance(ratios, Iterable):
+        raise TypeError(
+            f"ratios must be numbers such as (0.1, 0.5, 0.9), got {type(ratios).__name__} "
+            f"{ratios!r}"
         )
-        try:
-            with _replaying(self.module, names, state):
-                return (
-                    needed
-                    if _same_outputs(_call(self.module, state.inputs()), self.output0)
-                    else None
-                )
-        except Exception:  # a placeholder was used after all: do not cache at this level
-            return None
+    given = list(ratios)
+    if not given or not all(_is_number(r) and 0 < float(r) < 1 for r in given):
+        raise ValueError(
+            f"ratios must be fractions in (0, 1) such as (0.1, ..., 0.9), got {given!r}"
+        )
+    return sorted({float(ratio_key(r)) for r in given})
 
-    def _advance(self, cut: float) -> None:
-        """Move the cache to the level of ``cut``; keeps the current level if that is not safe."""
-        if cut <= self.cut or cut in self.failed:
-            return
-        names = self._replaceable(cut)
-        stop = next(n for n, (start, _, _) in self.order.items() if start == cut)
-        needed = self._needed(names, stop)
-        if needed is None:
-            self.failed.add(cut)
-            warnings.warn(
-                f"cannot replay the modules before {stop!r}; evaluating more of the model",
-                stacklevel=3,
-            )
-            return
-        state, entries, used = _Replay(), [], 0
-        with (
-            _replaying(self.module, self.names, state),
-            _recording(self.module, names, stop) as store,
-        ):
-            for i, entry in self._batches():
-                state.entry = entry
-                store.clear()
-                with contextlib.suppress(_Stop):
-                    _call(self.module, state.inputs())
-                self.entries[i] = None  # free the previous level as the new one grows
-                if any(n not in store for n in names):  # data-dependent control flow
-                    break
-                new = _Entry(
-                    _freeze("", entry.inputs, needed),
-                    {n: _freeze(n, store[n], needed) for n in names},
-                )
-                used += _nbytes(new.inputs) + _nbytes(new.outputs)
-                if used > self.cap_bytes:
-                    break
-                entries.append(new)
-        self.entries = entries + [None] * (len(self.targets) - len(entries))
-        self.names, self.cut = names, cut
 
-    def evaluate(self, pruned: nn.Module, group: str) -> float:
-        """The metric of ``pruned`` (a pruned copy of the module), replaying what it shares."""
-        cut = self.cut_of(pruned)
-        if cut == math.inf:
-            return self.baseline
-        with torch.inference_mode():
-            if group not in self.uncached:
-                self._advance(min(cut, self.cuts.get(group, cut)))
-            if group in self.uncached or cut < self.cut:
-                return _full_metric(pruned, self.data, self.metric, self.device)
-            state, outputs = _Replay(), []
-            with _replaying(pruned, self.names, state):
-                for _, entry in self._batches():
-                    state.entry = entry
-                    outputs.append(_call(pruned, state.inputs()))
-                if group not in self.checked:  # batch 0 replayed must equal batch 0 computed
-                    self.checked.add(group)
-                    state.entry = _Entry(pytree.tree_map(_clone, self.inputs0), None)
-                    if not _same_outputs(outputs[0], _call(pruned, state.inputs())):
-                        warnings.warn(
-                            f"replayed outputs differ for group {group!r}; not caching it",
-                            stacklevel=2,
-                        )
-                        self.uncached.add(group)
-                        return _full_metric(pruned, self.data, self.metric, self.device)
-            return float(self.metric(outputs, self.targets))
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_settings(loss_cap: Any, cache_memory_mb: Any) -> None:
+    if not _is_number(loss_cap) or not loss_cap > 0:  # NaN fails too
+        raise ValueError(f"loss_cap must be a number > 0 (1.0 or more: off), got {loss_cap!r}")
+    if not _is_number(cache_memory_mb) or not 0 <= cache_memory_mb < math.inf:
+        raise ValueError(f"cache_memory_mb must be a finite number >= 0, got {cache_memory_mb!r}")
+
+
+def _check_shard(shard: Any) -> tuple[int, int]:
+    """``(i, n)`` from a pair or an ``"i/n"`` string, with ``0 <= i < n``."""
+    if isinstance(shard, str):
+        parts = shard.split("/")
+        shard = tuple(int(p) if p.strip().isdigit() else p for p in parts)
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+        or not 0 <= shard[0] < shard[1]
+    ):
+        raise ValueError(
+            f"shard must be (i, n) or 'i/n' with 0 <= i < n, e.g. (0, 4); got {shard!r}"
+        )
+    return shard[0], shard[1]
+
+
+def _select_groups(
+    found: Sequence[str], groups: Iterable[str] | str | None, shard: Any
+) -> list[str]:
+    """The groups this run measures: ``groups`` (validated) or all, then its ``shard``; in
+    module order (``found``'s), the shard taken from them sorted by name."""
+    names = sorted(found)
+    if groups is not None:
+        if not isinstance(groups, (str, Iterable)):
+            raise TypeError(f"groups must be group names, got {type(groups).__name__}")
+        wanted = sorted(set([groups] if isinstance(groups, str) else groups))
+        unknown = [g for g in wanted if g not in found]
+        if unknown:
+            raise ValueError(f"unknown groups {unknown}; the prunable groups are {names}")
+        names = wanted
+    if shard is not None:
+        index, count = _check_shard(shard)
+        names = names[index::count]
+    chosen = set(names)
+    return [g for g in found if g in chosen]
 
 
 # ------------------------------------------------------------------------------------ analysis
-class _StepPruner:
-    """One group's pruned copy, pruned further for each larger ratio, from a single trace.
+class _Variants:
+    """Every (group, ratio) model of the fast path from one trace of one copy of the module.
 
-    ``prune_model(module, {group: ratio})`` deep-copies and traces the model at every point. The
-    channels it drops at a larger ratio include those it drops at a smaller one (same scores from
-    the original weights, same selection rule), so pruning one traced copy step by step yields the
-    same model at every ratio, at the cost of one trace per group.
+    :meth:`pruned` prunes the copy in place for a ``with`` block (``GroupSet.pruned``): the layers
+    get what ``prune_model(module, {group: ratio})`` gives them, without a copy or a trace per
+    point; :meth:`key` says which channels go, so that a ratio that drops no more channels than the
+    previous one is not evaluated again.
     """
 
     def __init__(
-        self, module: nn.Module, example_inputs: Any, ignore: Any, criterion: Any, group: str
+        self, module: nn.Module, example_inputs: Any, ignore: IgnoreSpec, criterion: Any
     ) -> None:
-        from slimkit.prune.criteria import get_criterion
-        from slimkit.prune.groups import GroupSet
+        names = resolve_ignore(module, ignore)  # module objects are the user's, not the copy's
+        report = find_groups(module, example_inputs, names)  # groups prune_model would prune
+        self.unpruned = report.unpruned
+        self.template = copy.deepcopy(module).eval()
+        self._set = GroupSet(self.template, example_inputs, names)
+        self.groups = {n: g for n, g in self._set.groups.items() if n in set(report.names)}
+        self._name, self._score = get_criterion(criterion)
+        self._scores: dict[str, torch.Tensor] = {}
 
-        self.model = copy.deepcopy(module).eval()
-        self.groups = GroupSet(self.model, example_inputs, ignore)
-        self.group = self.groups.get(group)
-        self.scores = get_criterion(criterion)[1](self.group)
-        self.alive = list(range(self.group.num_channels))  # original indices still present
+    def key(self, group: str, ratio: float) -> tuple[int, ...]:
+        """The root channels ``prune_model`` drops from ``group`` at ``ratio``."""
+        found = self.groups[group]
+        if group not in self._scores:  # scored on the unpruned weights, as prune_model does
+            scores = self._score(found)
+            if tuple(scores.shape) != (found.num_channels,):
+                raise ValueError(
+                    f"criterion {self._name!r} returned shape {tuple(scores.shape)} for group "
+                    f"{group!r}; expected ({found.num_channels},)"
+                )
+            self._scores[group] = scores
+        kept = set(select_channels(self._scores[group], ratio, found.ties, None, found.fixed))
+        return tuple(i for i in range(found.num_channels) if i not in kept)
 
-    def at(self, ratio: float) -> tuple[nn.Module, bool]:
-        """The model with ``ratio`` of the group's channels pruned (ratios must increase), and
-        whether it is the same as for the previous ratio (no further channel removed)."""
-        from slimkit.prune.pruner import select_channels
+    def pruned(self, group: str, ratio: float) -> contextlib.AbstractContextManager[nn.Module]:
+        return self._set.pruned(group, self.key(group, ratio))
 
-        kept = set(select_channels(self.scores, ratio, self.group.ties))
-        assert kept <= set(self.alive), "channel selections must be nested"
-        drop = [i for i, c in enumerate(self.alive) if c not in kept]
-        self.groups.prune(self.group.name, drop)
-        self.alive = [c for c in self.alive if c in kept]
-        return self.model, not drop
+
+class _Copies:
+    """The reference loop's models: ``prune_model(module, {group: ratio})`` for every point."""
+
+    def __init__(
+        self, module: nn.Module, example_inputs: Any, ignore: IgnoreSpec, criterion: Any
+    ) -> None:
+        self.module, self.example_inputs = module, example_inputs
+        self.ignore, self.criterion = resolve_ignore(module, ignore), criterion
+        report = find_groups(module, example_inputs, self.ignore)
+        self.groups, self.unpruned = {g.name: g for g in report.groups}, report.unpruned
+
+    def key(self, group: str, ratio: float) -> None:
+        return None  # not known: every point is evaluated
+
+    def pruned(self, group: str, ratio: float) -> contextlib.AbstractContextManager[nn.Module]:
+        model = prune_model(
+            self.module, {group: ratio}, self.example_inputs, self.ignore, self.criterion
+        )
+        return contextlib.nullcontext(model.eval())
 
 
 def _check_sources(data: Any, metric: Any, eval_fn: Any, example_inputs: Any) -> Any:
@@ -543,36 +237,88 @@ def _check_sources(data: Any, metric: Any, eval_fn: Any, example_inputs: Any) ->
 
 def _measure(
     record: dict[str, Any],
-    members: dict[str, list[str]],
+    members: dict[str, Any],
     grid: list[float],
-    evaluator: _PlainEvaluator | _ActivationCache,
-    pruner: Callable[[str], Callable[[float], tuple[nn.Module, bool]]],
+    evaluator: _PlainEvaluator | ActivationCache,
+    pruner: _Variants | _Copies,
     loss_cap: float,
     path: Path | None,
     progress: bool,
 ) -> None:
-    """Evaluate every pending point of the groups (``{name: member layer names}``), saving each."""
-    from tqdm import tqdm
-
-    sens = record["sensitivities"]
-    pending = {g: [r for r in grid if _is_pending(sens.get(g, {}), r, loss_cap)] for g in members}
-    order = evaluator.order_groups({g: names for g, names in members.items() if pending[g]})
+    """Evaluate every pending point of the groups (``{name: ChannelGroup}``), saving each."""
+    sens, failed = record["sensitivities"], record["unprunable"]
+    pending = {
+        g: [] if g in failed else [r for r in grid if is_pending(sens.get(g, {}), r, loss_cap)]
+        for g in members
+    }
+    order = evaluator.order_groups(
+        {g: group for g, group in members.items() if pending[g]},
+        {g: len(p) for g, p in pending.items()},
+    )
     total = sum(len(pending[g]) for g in order)
+
+    def save() -> None:
+        if path is not None:
+            save_shared(path, record)  # takes in what other workers wrote meanwhile
+
     with tqdm(total=total, desc="sensitivity", unit="point", disable=not progress) as bar:
         for group in order:
-            losses, pruned_at, value = sens.setdefault(group, {}), pruner(group), None
-            for ratio in pending[group]:
+            losses, last = sens.setdefault(group, {}), (None, math.nan)
+            for done, ratio in enumerate(pending[group]):
                 bar.set_postfix_str(f"{group} @ {ratio_key(ratio)}", refresh=False)
-                if _is_capped(losses, ratio, loss_cap):
+                if group in failed or not is_pending(losses, ratio, loss_cap):
+                    pass  # another worker on the same file measured it meanwhile
+                elif is_capped(losses, ratio, loss_cap):
                     losses[ratio] = None
                 else:
-                    model, same = pruned_at(ratio)  # same: no channel more than the last ratio
-                    if not same or value is None:
-                        value = evaluator.evaluate(model, group)
-                    losses[ratio] = (record["baseline"] - value) / record["baseline"]
-                if path is not None:
-                    _write_atomic(path, record)
+                    try:
+                        last = _point(evaluator, pruner, group, ratio, last)
+                    except _Unprunable as err:
+                        _give_up(record, group, str(err))
+                        save()
+                        bar.update(len(pending[group]) - done)
+                        break
+                    losses[ratio] = (record["baseline"] - last[1]) / record["baseline"]
+                save()
                 bar.update(1)
+
+
+class _Unprunable(Exception):
+    """A group's pruned model could not be built or run; the message says why."""
+
+
+def _point(
+    evaluator: _PlainEvaluator | ActivationCache,
+    pruner: _Variants | _Copies,
+    group: str,
+    ratio: float,
+    last: tuple[Any, float],
+) -> tuple[Any, float]:
+    """``(key, metric)`` of one point; the last point's metric when no more channels go."""
+    try:
+        key = pruner.key(group, ratio)
+        if key is not None and key == last[0]:
+            return last
+        with pruner.pruned(group, ratio) as model:
+            value = evaluator.evaluate(model, group, key or ())
+        if not math.isfinite(value):
+            raise ValueError(f"the pruned model's metric is {value}")
+        return key, value
+    except torch.OutOfMemoryError:
+        raise  # not the group's fault: resuming later measures it
+    except Exception as err:  # noqa: BLE001 - any failure of the pruned model marks the group
+        raise _Unprunable(f"at ratio {ratio_key(ratio)}: {type(err).__name__}: {err}") from err
+
+
+def _give_up(record: dict[str, Any], group: str, reason: str) -> None:
+    """Record ``group`` as unprunable (its points are dropped) and warn."""
+    record["sensitivities"].pop(group, None)
+    record["unprunable"][group] = reason
+    warnings.warn(
+        f"group {group!r} is left out of the sensitivities: its pruned model fails ({reason}); "
+        "it is recorded as unprunable in the file and never pruned by the ratios chosen from it",
+        stacklevel=4,
+    )
 
 
 def analyze_sensitivity(
@@ -586,8 +332,8 @@ def analyze_sensitivity(
     save_file: str | os.PathLike[str] | None = None,
     ignore: Iterable[str | nn.Module] = (),
     criterion: str | Callable[[Any], torch.Tensor] = "l1",
-    groups: Iterable[str] | None = None,
-    shard: tuple[int, int] | None = None,
+    groups: Iterable[str] | str | None = None,
+    shard: tuple[int, int] | str | None = None,
     loss_cap: float = 1.0,
     restart: bool = False,
     cache_memory_mb: float = 1024,
@@ -600,6 +346,12 @@ def analyze_sensitivity(
 
     Every point prunes one group alone (``prune_model(module, {group: ratio}, ...)``) and
     evaluates the result in eval mode under ``torch.inference_mode``; ``module`` is not modified.
+    A group whose pruned model fails is recorded as unprunable (with the reason) and left out.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks split the groups: each keeps its share in
+    ``<save_file stem>.rank<r>-of-<n><suffix>`` (resumed like ``save_file``), then rank 0 writes
+    every rank's points to ``save_file`` and every rank returns them all. The process group is
+    started (gloo; nccl for a CUDA model) unless it already is.
 
     Args:
         module: The trained model.
@@ -610,65 +362,124 @@ def analyze_sensitivity(
         eval_fn: Instead of ``data``/``metric``: ``eval_fn(module) -> float``, an opaque loop
             (nothing can be cached then); needs ``example_inputs``.
         example_inputs: Inputs used to trace the groups (default: the first batch of ``data``).
-        ratios: Fractions of channels to prune, each in (0, 1).
+        ratios: Fractions of channels to prune, each in (0, 1) (a single number: one ratio).
         save_file: JSON file written atomically after every point; an existing file of the same
             analysis is resumed (finished points are not evaluated again).
         ignore: Modules (or qualified names) never pruned as a group root, besides
             ``module.prune_ignore``.
         criterion: Channel importance criterion passed to ``prune_model`` (``"l1"``, ``"fpgm"``,
             ``"bn_scale"`` or a callable); its name is stored in the file.
-        groups: Measure only these groups (e.g. one worker's share).
-        shard: ``(i, n)``: measure every n-th of the sorted groups, starting at the i-th; merge
-            the workers' files with :func:`merge_sensitivities`.
+        groups: Measure only these groups (e.g. one worker's share; a string is one group).
+        shard: ``(i, n)`` or ``"i/n"``: measure every n-th of the groups sorted by name,
+            starting at the i-th; merge the workers' files with :func:`merge_sensitivities`, or
+            let them share one ``save_file`` (writes are locked and merged).
         loss_cap: Stop raising a group's ratio once its loss exceeds this; the skipped points are
             stored as ``None`` (``get_ratios_by_loss`` treats them as over any budget). 1.0 or more
             disables it.
         restart: Ignore (and overwrite) an existing ``save_file`` instead of resuming it.
         cache_memory_mb: Memory for cached activations (on the model's device); batches beyond
             it are evaluated in full.
-        fast: Prune step by step and replay cached activations (the same numbers); ``False`` runs
-            ``prune_model`` and a full evaluation for every point, as PaddleSlim does.
-        progress: Show a progress bar with an ETA over all points.
+        fast: Trace once, prune each point in place and replay cached activations (the same
+            numbers); ``False`` runs ``prune_model`` and a full evaluation for every point, as
+            PaddleSlim does.
+        progress: Show a progress bar with an ETA over all points (rank 0's share under torchrun).
         metric_name: Name of the metric, stored in the file (e.g. ``"acc1"``).
         architecture: Stored in the file (default: the module's class name).
 
     Returns:
-        ``{group: {ratio: relative_loss}}`` for the measured groups; ``None`` marks skipped points.
+        ``{group: {ratio: relative_loss}}`` for the measured groups (unprunable ones left out);
+        ``None`` marks skipped points.
 
     Raises:
+        TypeError: ``data`` is an iterator, or ``ratios`` / ``groups`` are not what they name.
         ValueError: Invalid arguments, a non-positive baseline, or a ``save_file`` of another
             model / metric / criterion / data, or corrupt (``restart=True`` starts over).
     """
-    from slimkit.prune.criteria import get_criterion
-    from slimkit.prune.groups import channel_groups
-    from slimkit.prune.pruner import prune_model
-
     grid, criterion_name = _check_ratios(ratios), get_criterion(criterion)[0]
+    _check_settings(loss_cap, cache_memory_mb)
     param = next(module.parameters(), None)
     device = None if param is None else param.device
-    example_inputs = _to_device(_check_sources(data, metric, eval_fn, example_inputs), device)
+    example_inputs = to_device(_check_sources(data, metric, eval_fn, example_inputs), device)
     path = None if save_file is None else Path(save_file)
-
-    def pruner(group: str) -> Callable[[float], tuple[nn.Module, bool]]:
-        if fast:
-            return _StepPruner(module, example_inputs, ignore, criterion, group).at
-        kw = {"ignore": ignore, "criterion": criterion}
-        return lambda r: (prune_model(module, {group: r}, example_inputs, **kw).eval(), False)
-
-    with eval_mode(module):
-        found = channel_groups(module, example_inputs, ignore)
-        names = _select_groups([g.name for g in found], groups, shard)
-        members = {g.name: [m.name for m in g.members] for g in found if g.name in names}
+    with eval_mode(module), process_group(device) as (rank, size):
+        kind = _Variants if fast else _Copies
+        pruner = kind(module, example_inputs, ignore, criterion)
+        names = _select_groups(list(pruner.groups), groups, shard)
         arch = architecture or type(module).__name__
-        record = _new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
-        if path is not None and path.exists() and not restart:
-            record = _resume_record(path, record)
-        if eval_fn is not None:
-            evaluator: _PlainEvaluator | _ActivationCache = _PlainEvaluator(module, eval_fn)
-        elif not fast:
-            evaluator = _PlainEvaluator(module, lambda m: _full_metric(m, data, metric, device))
-        else:
-            evaluator = _ActivationCache(module, data, metric, device, int(cache_memory_mb * 2**20))
-        _check_baseline(record, evaluator.baseline, path)
-        _measure(record, members, grid, evaluator, pruner, loss_cap, path, progress)
-    return {g: dict(record["sensitivities"][g]) for g in members}
+        fresh = new_record(arch, weights_fingerprint(module), metric_name, criterion_name, grid)
+        own = path if path is None or size == 1 else _rank_file(path, rank, size)
+        record = fresh if restart else _resumed(fresh, path)
+        evaluator = _evaluator(module, data, metric, eval_fn, device, fast, cache_memory_mb)
+        check_baseline(record, evaluator.baseline, path)
+        for group, reason in pruner.unpruned.items():  # never measured: slimkit leaves them
+            if group not in record["sensitivities"]:
+                record["unprunable"].setdefault(group, reason)
+        _start_file(own, record, restart)
+        mine = {g: pruner.groups[g] for g in names[rank::size]}  # module order: depths mix
+        _measure(record, mine, grid, evaluator, pruner, loss_cap, own, progress and rank == 0)
+        if size > 1:
+            record = _combine(record, path, own, rank, restart)
+    return {g: dict(record["sensitivities"][g]) for g in names if g in record["sensitivities"]}
+
+
+def _evaluator(
+    module: nn.Module,
+    data: Iterable[Any] | None,
+    metric: Callable[..., float] | None,
+    eval_fn: Callable[[nn.Module], float] | None,
+    device: torch.device | None,
+    fast: bool,
+    cache_memory_mb: float,
+) -> _PlainEvaluator | ActivationCache:
+    """The opaque ``eval_fn``, the reference loop, or the activation cache (``fast``)."""
+    if eval_fn is not None:
+        return _PlainEvaluator(module, eval_fn)
+    assert data is not None and metric is not None  # _check_sources made sure
+    if not fast:
+        return _PlainEvaluator(module, lambda m: full_metric(m, data, metric, device))
+    return ActivationCache(module, data, metric, device, int(cache_memory_mb * 2**20))
+
+
+def _rank_file(path: Path, rank: int, size: int) -> Path:
+    """Where one rank of a distributed analysis keeps its share until rank 0 merges them."""
+    return path.with_name(f"{path.stem}.rank{rank}-of-{size}{path.suffix}")
+
+
+def _resumed(fresh: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """``fresh`` with the points of ``path`` and of the rank files of earlier distributed runs
+    on it (any world size; those this machine can see), all checked to be this analysis."""
+    if path is None:
+        return fresh
+    check_replaceable(path)  # another kind of file: an error that restart=True does not pass
+    pattern = f"{glob.escape(path.stem)}.rank*-of-*{glob.escape(path.suffix)}"
+    found = [p for p in [path, *sorted(path.parent.glob(pattern))] if p.exists()]
+    record = resume_record(found[0], fresh) if found else fresh
+    for other in found[1:]:
+        add_points(record, resume_record(other, fresh))
+    return record
+
+
+def _start_file(path: Path | None, record: dict[str, Any], restart: bool) -> None:
+    if path is not None and restart:
+        with locked(path):
+            check_replaceable(path)  # a sensitivity file, whatever it held; never another file
+            write_sensitivities(path, record)
+    elif path is not None:
+        save_shared(path, record)  # with what other workers on this file wrote so far
+
+
+def _combine(
+    record: dict[str, Any], path: Path | None, own: Path | None, rank: int, restart: bool
+) -> dict[str, Any]:
+    """Every rank's points in one record (on every rank); rank 0 writes it to ``path``, then
+    each rank removes its own file."""
+    records = all_gather(record)
+    merged: dict[str, Any] = records[0]
+    for other in records[1:]:
+        add_points(merged, other)
+    if rank == 0 and path is not None:
+        _start_file(path, merged, restart)
+    barrier()  # the one file holds every point: the rank files can go
+    if own is not None and own != path:
+        own.unlink(missing_ok=True)
+    return merged

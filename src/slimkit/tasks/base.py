@@ -22,23 +22,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from slimkit._checks import MAX_CLASSES, MAX_INPUT_SIDE, check_float, check_int
+from slimkit._checks import MAX_CLASSES, check_int
 from slimkit._io import recover_all
-from slimkit._utils import as_hw
 from slimkit.data import collate_fn
 from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
-from slimkit.tasks import modeldir
-from slimkit.tasks.checks import (
-    check_dataset,
-    check_net_size,
-    check_train_args,
-    check_train_targets,
-    dataset_dirs,
+from slimkit.tasks import checks, modeldir
+from slimkit.tasks.budget import (
+    PruneRecord,
+    adaptive_bn,
+    check_prune_options,
+    evaluator,
+    prune_with_sensitivities,
+    report_final,
 )
 from slimkit.tasks.logging import log
-from slimkit.tasks.pruning import prune_net, ratios_within_loss, resolve_sensitivities
+from slimkit.tasks.pruning import prune_net, resolve_sensitivities
 from slimkit.tasks.runtime import OrtRunner
 
 
@@ -58,25 +58,23 @@ class BaseTask:
         labels: Sequence[str] | None = None,
         **model_kwargs: Any,
     ) -> None:
-        check_int(num_classes, "num_classes", 1, MAX_CLASSES)
+        self.num_classes = check_int(num_classes, "num_classes", 1, MAX_CLASSES)
         spec = _checked_spec(architecture, self.task)
         if input_size is None:
             input_size = spec.input_size
         if input_size is None:
             raise ValueError(f"model {architecture!r} has no default input_size; pass input_size=")
         self.architecture = architecture
-        self.num_classes = int(num_classes)
-        self.input_size = as_hw(input_size, "input_size")
-        for side in self.input_size:
-            check_int(side, "input_size", 1, MAX_INPUT_SIDE)
-        self.mean = _channel_values(spec.mean if mean is None else mean, "mean")
-        self.std = _channel_values(spec.std if std is None else std, "std", positive=True)
-        self.labels = _label_names(labels, self.num_classes)
+        self.input_size = checks.input_hw(input_size)
+        self.mean = checks.channel_values(spec.mean if mean is None else mean, "mean")
+        self.std = checks.channel_values(spec.std if std is None else std, "std", positive=True)
+        self.labels = checks.label_names(labels, self.num_classes)
         self.model_kwargs = dict(model_kwargs)
-        check_net_size(architecture, self._net_kwargs())
+        checks.check_net_size(architecture, self._net_kwargs())
         self.source_dir: Path | None = None  # the model directory load_model read it from
         self.status = "Normal"
         self.prune_plan: dict[str, Any] | None = None
+        self.prune_record: PruneRecord | None = None  # how train/prune chose the ratios
         self.metrics: dict[str, float] = {}
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.net: nn.Module | None = self._build_net()
@@ -150,8 +148,7 @@ class BaseTask:
         self, dataset: Any, batch_size: int, train: bool = False, num_workers: int = 0
     ) -> DataLoader:
         """A DataLoader of ``(images, targets)`` batches with the task's default transforms."""
-        check_dataset(dataset)
-        check_int(batch_size, "batch_size", 1)
+        checks.check_dataset(dataset, batch_size=batch_size)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty; check its file list")
         ds = self._transformed(dataset, train)
@@ -226,9 +223,14 @@ class BaseTask:
         *,
         sensitivities_file: str | os.PathLike | None = None,
         eval_metric_loss: float = 0.05,
-        criterion: str = "l1",
+        prune_mode: str = "budget",
+        pruned_flops: float | None = None,
+        eval_dataset: Any = None,
+        bn_dataset: Any = None,
+        criterion: str | None = None,
         round_to: int | None = 8,
         log_fn: Callable[[str], None] = log,
+        verify: bool = False,
     ) -> float | dict[str, float]:
         """Physically prune ``net`` (keeping the most important channels); status becomes Prune.
 
@@ -238,42 +240,91 @@ class BaseTask:
         Args:
             ratios: One ratio for every prunable group, or ``{group: ratio}``.
             sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
-                Groups are pruned at the largest ratio within ``eval_metric_loss``.
-            eval_metric_loss: Budget of relative metric loss per pruned group.
-            criterion: Channel importance (see ``slimkit.prune.CRITERIA``).
-            round_to: Kept channels of each group rounded up to a multiple of this (None: exact).
-                On a 2-core AVX-512 CPU, MobileNetV2 pruned to 44 % of its MACs with odd channel
-                counts ran 1.58x slower in ONNX Runtime than the original at 64 px, and 2x faster
-                with ``round_to=8``.
-            log_fn: Receives one line: groups, params and FLOPs before and after.
+                Groups are pruned at the largest ratio within ``eval_metric_loss`` (per group),
+                checked on ``eval_dataset`` as ``prune_mode`` says.
+            eval_metric_loss: Budget of relative metric loss, in (0, 1).
+            prune_mode: ``"budget"`` (default; needs ``eval_dataset``) or ``"per_group"``
+                (PaddleX's rule); see :mod:`slimkit.tasks.budget`.
+            pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of
+                choosing by the loss budget (the loss is measured and warned about).
+            eval_dataset: The evaluation set the losses are measured on.
+            bn_dataset: Training images that re-estimate each pruned candidate's BatchNorm
+                statistics before it is measured (``adaptive_bn``); ``train`` passes its own.
+            criterion: Channel importance (see ``slimkit.prune.CRITERIA``); None: ``"l1"`` for
+                ``ratios``, the sensitivity file's own criterion for ``sensitivities_file`` (another
+                criterion than the file's is a ``ValueError``).
+            round_to: Kept channels of each group rounded up to a multiple of this (None: exact);
+                odd channel counts can run slower than the original (README, "Round pruned ...").
+            log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
+            verify: Raise if a pruned group differs from the original with the same channels
+                zeroed (else such groups are left unpruned with a warning); ratios only.
 
         Returns:
             The ratios applied (for ``sensitivities_file``, the chosen ``{group: ratio}``).
 
         Raises:
-            ValueError: a Quant model, both or neither of ``ratios``/``sensitivities_file``, or a
-                sensitivity file that does not belong to this model.
+            ValueError: a Quant model, both or neither of ``ratios``/``sensitivities_file``, a
+                sensitivity file that does not belong to this model, or bad pruning options.
         """
         if self.net is None:
             raise ValueError("a Quant model cannot be pruned; prune the FP32 model, then quantize")
         if (ratios is None) == (sensitivities_file is None):
             raise ValueError("give either ratios or sensitivities_file to prune")
-        if sensitivities_file is not None:
-            path = resolve_sensitivities(self.sensitivity_key, sensitivities_file)
-            ratios = ratios_within_loss(
-                path, eval_metric_loss, self.sensitivity_key, self.architecture
-            )
-            what = f"{len(ratios)} groups under eval_metric_loss {eval_metric_loss} ({path.name})"
-        else:
-            assert ratios is not None
-            what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
         x = self.example_inputs().to(next(self.net.parameters()).device)
-        self.net, self.prune_plan, summary = prune_net(
-            self.net, ratios, x, self.prune_plan, criterion, round_to
+        if sensitivities_file is None:
+            if pruned_flops is not None:
+                raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
+            assert ratios is not None
+            self.net, self.prune_plan, summary = prune_net(
+                self.net, ratios, x, self.prune_plan, criterion or "l1", round_to, verify
+            )
+            self.status = "Prune"
+            what = f"{len(ratios)} groups" if isinstance(ratios, Mapping) else f"ratio {ratios}"
+            log_fn(f"pruned {what}: {summary}")
+            return dict(ratios) if isinstance(ratios, Mapping) else ratios
+        return self._prune_by_sensitivities(
+            sensitivities_file,
+            {
+                "eval_metric_loss": eval_metric_loss,
+                "mode": prune_mode,
+                "pruned_flops": pruned_flops,
+                "criterion": criterion,
+                "round_to": round_to,
+            },
+            (eval_dataset, bn_dataset),
+            x,
+            log_fn,
         )
-        self.status = "Prune"
-        log_fn(f"pruned {what}: {summary}")
-        return dict(ratios) if isinstance(ratios, Mapping) else ratios
+
+    def _prune_by_sensitivities(
+        self,
+        sensitivities_file: str | os.PathLike,
+        options: dict[str, Any],
+        datasets: tuple[Any, Any],
+        x: torch.Tensor,
+        log_fn: Callable[[str], None],
+    ) -> dict[str, float]:
+        """Method 1/2 pruning (see ``prune``); keeps the record written to ``model.yml``."""
+        assert self.net is not None
+        eval_dataset, bn_dataset = datasets
+        check_prune_options(**options, has_eval=eval_dataset is not None)
+        evaluate = None if eval_dataset is None else evaluator(self, eval_dataset)
+        chosen, self.prune_record = prune_with_sensitivities(
+            self.net,
+            (sensitivities_file, self.sensitivity_key, self.architecture),
+            x,
+            self.prune_plan,
+            options,
+            evaluate,
+            self.metric_name,
+            log_fn,
+            None if bn_dataset is None else adaptive_bn(self.make_loader(bn_dataset, 32, True)),
+        )
+        if chosen.ratios:
+            self.net, self.prune_plan, self.status = chosen.net, chosen.plan, "Prune"
+            log_fn(f"pruned {len(chosen.ratios)} groups: {chosen.summary}")
+        self.metrics = dict(chosen.metrics or {})  # the pretrain model's are no longer this one's
+        return dict(chosen.ratios)
 
     # -- training ------------------------------------------------------------------------------
     def train(
@@ -293,6 +344,8 @@ class BaseTask:
         weight_decay: float = 4e-5,
         sensitivities_file: str | os.PathLike | None = None,
         eval_metric_loss: float = 0.05,
+        prune_mode: str = "budget",
+        pruned_flops: float | None = None,
         prune_round_to: int | None = 8,
         num_workers: int = 0,
         progress: bool = True,
@@ -315,51 +368,44 @@ class BaseTask:
             lr_decay_epochs: Piecewise decay (×0.1) at these epochs; cosine decay when None.
             weight_decay: L2 weight decay.
             sensitivities_file: Method 1: a sensitivity JSON; method 2: ``"DEFAULT"`` (built-in).
-                The net (trained weights) is pruned under ``eval_metric_loss`` before training.
-            eval_metric_loss: Budget of relative metric loss per pruned group.
+                The net (trained weights) is pruned under ``eval_metric_loss`` before training;
+                after it, the best model's metric and its relative loss against the unpruned
+                model are logged and written to ``model.yml`` (``pruning:``), with a
+                :class:`~slimkit.tasks.budget.BudgetWarning` when the loss exceeds the budget.
+            eval_metric_loss: Budget of relative metric loss of the pruned model, in (0, 1).
+            prune_mode: ``"budget"`` (default; needs ``eval_dataset``): the ratios are backed
+                off until the pruned model loses at most ``loss_limit(eval_metric_loss)``
+                before fine-tuning. ``"per_group"``: PaddleX's rule; see ``prune``.
+            pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of choosing
+                by the loss budget (losses are reported and warned about, never backed off).
             prune_round_to: Kept channels of each pruned group rounded up to a multiple of this
                 (SIMD-friendly shapes; None keeps the exact ratios).
             num_workers: DataLoader workers.
             progress: Show progress bars and per-epoch lines.
-            overwrite: Replace model directories already at ``save_dir/best_model`` and
-                ``save_dir/epoch_N`` (otherwise refused, before training starts). The inputs
-                (``pretrain_weights``, the sensitivity file, the datasets, the directory this
-                model was loaded from) are never written over.
+            overwrite: Replace the model directories at ``save_dir/best_model``/``epoch_N`` (else
+                refused before training starts). Inputs are never written over.
 
         Returns:
             The best evaluation metrics (empty when no ``eval_dataset``).
         """
-        check_train_args(
-            num_epochs,
-            train_batch_size,
-            save_interval_epochs,
-            log_interval_steps,
-            learning_rate,
-            warmup_steps,
-            lr_decay_epochs,
-            weight_decay,
-            prune_round_to,
-            num_workers,
-        )
-        check_dataset(train_dataset, "train_dataset")
-        if eval_dataset is not None:
-            check_dataset(eval_dataset, "eval_dataset")
+        save_dir = checks.check_train_call(self.source_dir, locals())  # numbers, datasets, outputs
         if sensitivities_file is not None:
-            check_float(
-                eval_metric_loss, "eval_metric_loss", 0.0, 1.0, low_open=True, high_open=True
+            resolve_sensitivities(self.sensitivity_key, sensitivities_file)  # exists, or DEFAULT
+            check_prune_options(
+                eval_metric_loss, prune_mode, pruned_flops, has_eval=eval_dataset is not None
             )
-        sources = [self.source_dir, pretrain_weights, *dataset_dirs(train_dataset, eval_dataset)]
-        if sensitivities_file is not None and str(sensitivities_file) != "DEFAULT":
-            sources.append(sensitivities_file)
-        save_dir = check_train_targets(
-            save_dir, num_epochs, save_interval_epochs, overwrite, sources
-        )
+        elif pruned_flops is not None:
+            raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
         if pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
             self.prune(
                 sensitivities_file=sensitivities_file,
                 eval_metric_loss=eval_metric_loss,
+                prune_mode=prune_mode,
+                pruned_flops=pruned_flops,
+                eval_dataset=eval_dataset,
+                bn_dataset=train_dataset,
                 round_to=prune_round_to,
             )
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
@@ -384,6 +430,8 @@ class BaseTask:
             save_dir,
             progress,
         )
+        if sensitivities_file is not None and self.prune_record is not None:
+            report_final(self.prune_record, best or self.metrics, log)
         return best
 
     def _fit(
@@ -469,8 +517,8 @@ class BaseTask:
 
     # -- saving / loading ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """The ``model.yml`` content of this model."""
-        return {
+        """The ``model.yml`` content of this model (``pruning``: see ``PruneRecord.to_dict``)."""
+        info = {
             "task": self.task,
             "architecture": self.architecture,
             "model_class": type(self).__name__,
@@ -484,13 +532,15 @@ class BaseTask:
             "metric_name": self.metric_name,
             "metrics": {k: float(v) for k, v in self.metrics.items()},
         }
+        if self.prune_record is not None:
+            info["pruning"] = self.prune_record.to_dict(self.metrics)
+        return info
 
     def save(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model directory as one unit: weights, pruning plan (if pruned), ``model.yml``.
 
-        ``save_dir`` must be new or empty; an existing model directory is replaced whole with
-        ``overwrite=True`` (a kill never leaves a mix); a directory holding other files is never
-        replaced (see :mod:`slimkit._outputs`).
+        ``save_dir`` must be new or empty; a model directory there is replaced whole only with
+        ``overwrite=True``, other files never (see :mod:`slimkit._outputs`).
         """
         if self.net is None:
             raise ValueError(
@@ -536,41 +586,6 @@ class BaseTask:
         )
         self.status = info["status"]
         self.metrics = dict(info.get("metrics", {}))
-
-
-def _as_list(values: Any) -> list[Any] | None:
-    """``values`` as a list when it is a non-string iterable (list, tuple, numpy array)."""
-    if isinstance(values, (str, bytes)):
-        return None
-    try:
-        return list(values)
-    except TypeError:
-        return None
-
-
-def _channel_values(values: Any, name: str, positive: bool = False) -> tuple[float, ...]:
-    """``mean``/``std``: three finite numbers (R, G, B); std > 0."""
-    items = _as_list(values)
-    if items is None or len(items) != 3:
-        raise ValueError(f"{name} must be three numbers (R, G, B), got {values!r}")
-    return tuple(
-        check_float(v, name, 0.0 if positive else None, None, low_open=positive) for v in items
-    )
-
-
-def _label_names(labels: Any, num_classes: int) -> list[str]:
-    """Class names: one per class (default ``"0"``, ``"1"``, ...)."""
-    if labels is None:
-        return [str(i) for i in range(num_classes)]
-    names = _as_list(labels)
-    if names is None:
-        raise TypeError(f"labels must be a list of class names, got {labels!r}")
-    if len(names) != num_classes:
-        raise ValueError(
-            f"labels has {len(names)} class names but num_classes is {num_classes}; "
-            "give one name per class"
-        )
-    return [str(x) for x in names]
 
 
 def _checked_spec(architecture: str, task: str) -> ModelSpec:

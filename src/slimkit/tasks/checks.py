@@ -5,17 +5,104 @@ training run writes, the size of the network a configuration would build.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slimkit._checks import MAX_PARAMS, check_float, check_int
+from slimkit._checks import MAX_INPUT_SIDE, MAX_PARAMS, check_float, check_int
+from slimkit._utils import as_hw
 from slimkit.models import create_model
 from slimkit.tasks import modeldir
 
 MAX_EPOCHS = 1_000_000
+
+
+def input_hw(size: Any) -> tuple[int, int]:
+    """``(height, width)`` of an input size (an int or a pair), each side in [1, MAX_INPUT_SIDE]."""
+    hw = as_hw(size, "input_size")
+    for side in hw:
+        check_int(side, "input_size", 1, MAX_INPUT_SIDE)
+    return hw
+
+
+def _as_list(values: Any) -> list[Any] | None:
+    """``values`` as a list when it is a non-string iterable (list, tuple, numpy array)."""
+    if isinstance(values, (str, bytes)):
+        return None
+    try:
+        return list(values)
+    except TypeError:
+        return None
+
+
+def channel_values(values: Any, name: str, positive: bool = False) -> tuple[float, ...]:
+    """``mean``/``std``: three finite numbers (R, G, B); std > 0."""
+    items = _as_list(values)
+    if items is None or len(items) != 3:
+        raise ValueError(f"{name} must be three numbers (R, G, B), got {values!r}")
+    return tuple(
+        check_float(v, name, 0.0 if positive else None, None, low_open=positive) for v in items
+    )
+
+
+def label_names(labels: Any, num_classes: int) -> list[str]:
+    """Class names: one per class (default ``"0"``, ``"1"``, ...)."""
+    if labels is None:
+        return [str(i) for i in range(num_classes)]
+    names = _as_list(labels)
+    if names is None:
+        raise TypeError(f"labels must be a list of class names, got {labels!r}")
+    if len(names) != num_classes:
+        raise ValueError(
+            f"labels has {len(names)} class names but num_classes is {num_classes}; "
+            "give one name per class"
+        )
+    return [str(x) for x in names]
+
+
+_TRAIN_NUMBERS = (
+    "num_epochs",
+    "train_batch_size",
+    "save_interval_epochs",
+    "log_interval_steps",
+    "learning_rate",
+    "warmup_steps",
+    "lr_decay_epochs",
+    "weight_decay",
+    "prune_round_to",
+    "num_workers",
+)
+
+
+def check_train_call(source_dir: Path | None, args: Mapping[str, Any]) -> Path:
+    """What of a ``BaseTask.train`` call (its arguments by name) can be checked before any work:
+    the numbers, the datasets, and every directory the run will write (never an input; an
+    existing model directory only with ``overwrite``).
+
+    Args:
+        source_dir: The directory the model was loaded from (an input), if any.
+        args: The call's arguments by name.
+
+    Returns:
+        ``save_dir`` as a path.
+    """
+    check_train_args(*(args[k] for k in _TRAIN_NUMBERS))
+    check_dataset(args["train_dataset"], "train_dataset")
+    if args["eval_dataset"] is not None:
+        check_dataset(args["eval_dataset"], "eval_dataset")
+    sources = [source_dir, args["pretrain_weights"]]
+    sources += dataset_dirs(args["train_dataset"], args["eval_dataset"])
+    if args["sensitivities_file"] is not None and str(args["sensitivities_file"]) != "DEFAULT":
+        sources.append(args["sensitivities_file"])
+    return check_train_targets(
+        args["save_dir"],
+        args["num_epochs"],
+        args["save_interval_epochs"],
+        args["overwrite"],
+        sources,
+    )
 
 
 def check_train_args(
@@ -91,11 +178,13 @@ def check_train_targets(
     return save_dir
 
 
-def check_dataset(dataset: Any, name: str = "dataset") -> None:
-    """A ``TypeError`` unless ``dataset`` is a map-style dataset (a slimkit dataset or alike).
+def check_dataset(dataset: Any, name: str = "dataset", batch_size: Any = 1) -> None:
+    """A ``TypeError`` unless ``dataset`` is a map-style dataset (a slimkit dataset or alike), and
+    ``batch_size`` a positive int.
 
     A path is refused with a hint: the task API takes dataset objects, the CLI takes directories.
     """
+    check_int(batch_size, "batch_size", 1)
     if isinstance(dataset, (str, bytes, os.PathLike)):
         raise TypeError(
             f"{name} must be a dataset object, got the path {dataset!r}; open it with e.g. "

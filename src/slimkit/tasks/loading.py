@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from slimkit.models.external import is_model_def, register_model_def
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
 from slimkit.tasks.factory import task_class
@@ -23,6 +24,8 @@ def build_task(info: dict[str, Any], where: str = "model.yml") -> BaseTask:
         ValueError: the file's values do not build a model (unknown architecture or argument, a
             width out of range, a network over the size limit); ``where`` names the file.
     """
+    if is_model_def(str(info["architecture"])):  # a model defined outside slimkit
+        register_model_def(info["architecture"], info["task"], info["input_size"])
     generic = task_class(info["task"])
     obj = object.__new__(task_class(info["task"], info.get("model_class")))
     kwargs = info.get("model_kwargs", {})

@@ -1,0 +1,560 @@
+"""The activation cache of the sensitivity analysis's fast path (:class:`ActivationCache`).
+
+With ``data`` + ``metric``, the part of the forward pass that runs before a pruned group's first
+member layer does not depend on the pruning: the outputs of those submodules are computed once for
+the whole validation set and replayed for every pruned model. Only modules executed once per
+forward are replayed; only the tensors that later code reads are kept (found by tracing one batch
+with a ``TorchFunctionMode``); one-batch comparisons with full runs guard every step.
+
+Two choices are made by measurement rather than fixed: whether moving the cache to a later cut
+saves more than it costs (from the per-module times of the first batch), and whether batches are
+merged into larger ones (only when the merged outputs equal the separate ones bit for bit and the
+merged forward is faster on this machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ._replay import (
+    Entry,
+    ReadTracker,
+    Replay,
+    Stop,
+    ancestors,
+    batch_size,
+    call,
+    check_shapes,
+    clone_tree,
+    freeze,
+    full_outputs,
+    keyed_leaves,
+    member_of,
+    merge_batches,
+    nbytes,
+    recording,
+    replaying,
+    same_outputs,
+    split_batches,
+    to_device,
+)
+
+__all__ = ["ActivationCache"]
+
+MERGE_SAMPLES = 256  # most samples in one merged batch
+MERGE_ACTIVATION_BYTES = 32 * 2**20  # most bytes of the largest module output of a merged batch
+MERGE_CHECK_SHARE = 0.02  # most share of the planned work the merge check may cost
+MERGE_MIN_SPEEDUP = 0.9  # merged batches must take at most this share of the separate time
+LEVEL_FORWARDS = 3  # probe forward passes that building a cache level costs besides the segment
+PROBE_SAMPLES = 2  # samples of batch 0 that find what later code reads at a new level
+
+
+@dataclass
+class _Chunk:
+    """Consecutive user batches evaluated as one, and their entry at the current cache level."""
+
+    first: int  # index of its first user batch
+    sizes: list[int]  # the sizes of its user batches (one: not merged)
+    entry: Entry
+
+
+class ActivationCache:
+    """Evaluates pruned models, replaying what runs before their group's first consuming layer.
+
+    Execution order comes from forward hooks on the first batch: ``order[name] = [start, end,
+    calls]`` in hook events, with the time of every event in ``clock``. The *cut* of a group is the
+    start of the first executed module (or executed ancestor) among its ``"in"`` members, the
+    layers that combine its channels with others. Before it, pruning only removes channels: a
+    submodule executed once that ends before the cut computes what the unpruned module did, less
+    the group's channels. The cache holds the outputs of the maximal such submodules (the *level*
+    of that cut) for every batch, up to ``cap_bytes`` (later batches run in full), and hands them
+    out without the dropped channels of the member they belong to (found on batch 0, bit for bit,
+    per group). Levels only move forward: groups come sorted by cut, each level is built from the
+    previous one, stopping the forward pass at the cut, and only when the time it saves exceeds
+    what it costs. ``evaluate`` takes the model already pruned in place (``GroupSet.pruned``).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        data: Iterable[Any],
+        metric: Callable[..., float],
+        device: Any,
+        cap_bytes: int,
+    ) -> None:
+        self.module, self.data, self.metric, self.device = module, data, metric, device
+        self.cap_bytes = cap_bytes
+        self.order: dict[str, list[int]] = {}
+        self.clock: list[float] = []
+        self.largest = 0  # bytes of the largest module output of batch 0
+        self.sizes: list[int] = []
+        self.batch_times: list[float] = []
+        self.targets: list[Any] = []
+        self.chunks: list[_Chunk] = []
+        self.cut: float = 0.0  # the current level: the cut whose prefix is cached
+        self.names: list[str] = []  # the submodules replayed at this level
+        self.failed: set[float] = set()  # cuts whose level could not be built
+        self.cuts: dict[str, float] = {}
+        self.remaining: dict[str, int] = {}
+        self.groups: dict[str, Any] = {}
+        self.layouts: dict[str, tuple[float, dict[str, dict[int, Any]]]] = {}
+        self.uncached: set[str] = set()
+        self.merged = False
+        self.copies: set[tuple[str, int]] | None = None  # replayed leaves that need a copy
+        self.next_copies: set[tuple[str, int]] | None = None
+        with torch.inference_mode():
+            self.baseline = self._first_pass()
+        self.small, self.small_output = self._small_probe()
+        self.probe = Entry(self.small, {})  # the small probe at the current level
+
+    # ------------------------------------------------------------------------------- first pass
+    def _first_pass(self) -> float:
+        """Baseline metric; records execution order and times, keeps the inputs as level 0."""
+        outputs, used = [], 0
+        with self._timing() as (times, first_done, done):
+            for i, (inputs, target) in enumerate(self.data):
+                inputs = to_device(inputs, self.device)
+                start = time.perf_counter()
+                out = call(self.module, inputs)
+                self.batch_times.append(time.perf_counter() - start)
+                if i == 0:
+                    self.inputs0, self.output0 = clone_tree(inputs), clone_tree(out)
+                    self.clock = list(times)
+                    first_done()
+                elif i == 1:  # warm: no first-call set-up in these times
+                    if len(times) == len(self.clock):
+                        self.clock = list(times)
+                    done()
+                used += nbytes(inputs)
+                if used <= self.cap_bytes and len(self.chunks) == i:
+                    self.chunks.append(_Chunk(i, [batch_size(inputs) or 1], Entry(inputs, {})))
+                self.sizes.append(batch_size(inputs) or 1)
+                outputs.append(out)
+                self.targets.append(target)
+        if not outputs:
+            raise ValueError(
+                "data yielded no batches; pass a non-empty re-iterable of (inputs, targets)"
+            )
+        firsts = _leading(outputs, self.sizes, MERGE_SAMPLES)
+        self.first_outputs = clone_tree(firsts)  # for the merge check (the metric may alter them)
+        return float(self.metric(outputs, self.targets))
+
+    def _small_probe(self) -> tuple[Any, Any]:
+        """The first ``PROBE_SAMPLES`` samples of batch 0 and the module's output on them, or
+        batch 0 itself where its inputs are not all batch-major tensors."""
+        size = batch_size(self.inputs0)
+        leaves = [t for t in pytree.tree_leaves(self.inputs0) if isinstance(t, torch.Tensor)]
+        if (
+            not size
+            or size <= PROBE_SAMPLES
+            or any(t.dim() == 0 or t.shape[0] != size for t in leaves)
+        ):
+            return self.inputs0, self.output0
+        small = pytree.tree_map(
+            lambda t: t[:PROBE_SAMPLES].clone() if isinstance(t, torch.Tensor) else t, self.inputs0
+        )
+        with torch.inference_mode():
+            return small, call(self.module, clone_tree(small))
+
+    @contextlib.contextmanager
+    def _timing(
+        self,
+    ) -> Iterator[tuple[list[float], Callable[[], None], Callable[[], None]]]:
+        """Hooks on every submodule noting the time of each start and end event in the yielded
+        list; until the first yielded function is called (after the first batch) also their
+        order (``order``) and the largest output. The second one removes them."""
+        hooks: list[torch.utils.hooks.RemovableHandle] = []
+        times: list[float] = []
+        first = [True]
+
+        def pre(name: str, _m: nn.Module, _a: Any) -> None:
+            if first[0]:
+                self.order.setdefault(name, [len(times), -1, 0])[2] += 1
+            times.append(time.perf_counter())
+
+        def post(name: str, _m: nn.Module, _a: Any, output: Any) -> None:
+            if first[0]:
+                self.order[name][1] = len(times)
+                self.largest = max(self.largest, nbytes(output))
+            times.append(time.perf_counter())
+
+        def first_done() -> None:
+            first[0] = False
+            times.clear()
+
+        def done() -> None:
+            for handle in hooks:
+                handle.remove()
+
+        for name, sub in self.module.named_modules():
+            hooks.append(sub.register_forward_pre_hook(functools.partial(pre, name)))
+            hooks.append(sub.register_forward_hook(functools.partial(post, name)))
+        try:
+            yield times, first_done, done
+        finally:
+            done()
+
+    # ------------------------------------------------------------------------------- planning
+    def order_groups(self, groups: dict[str, Any], points: dict[str, int]) -> list[str]:
+        """Groups (``{name: ChannelGroup}``) sorted by cut, so that levels are shared;
+        ``points``: evaluations planned per group."""
+        self.groups = dict(groups)
+        self.cuts = {name: self._cut(group) for name, group in groups.items()}
+        self.remaining = {g: points.get(g, 0) for g in groups}
+        work = sum(n * (1 - self._prefix(self.cuts[g])) for g, n in self.remaining.items())
+        with torch.inference_mode():
+            self._merge(work * sum(self.batch_times))
+        return sorted(groups, key=lambda g: (self.cuts[g], g))
+
+    def _cut(self, group: Any) -> float:
+        """Start of the group's first consuming (``"in"``) member: the members before it only
+        drop channels, so their cached outputs serve, without those channels."""
+        starts = [(self._start(m.name), m.kind) for m in group.members]
+        first = min((s for s, _ in starts), default=0.0)
+        return max(first, min((s for s, kind in starts if kind == "in"), default=first))
+
+    def _start(self, name: str) -> float:
+        """Start event of the module, or of its nearest executed ancestor (which may use it)."""
+        while name and name not in self.order:
+            name = name.rpartition(".")[0]
+        return self.order[name][0] if name in self.order else 0.0
+
+    def _prefix(self, cut: float) -> float:
+        """Fraction of the first batch's forward time spent before event ``cut``."""
+        if not self.clock or cut >= len(self.clock):
+            return 1.0
+        total = self.clock[-1] - self.clock[0]
+        return (self.clock[int(cut)] - self.clock[0]) / total if total > 0 else 0.0
+
+    def _merge(self, work_seconds: float) -> None:
+        """Merge cached batches into larger ones when that is exact and faster here."""
+        size = max(self.sizes[0], 1)
+        k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
+        k = min(k, len(self.chunks), len(self.first_outputs))
+        per_sample = statistics.median(
+            t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
+        )
+        check = 2 * per_sample * sum(self.sizes[:k])
+        merged = None
+        if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
+            merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
+        expected, self.first_outputs = self.first_outputs[:k], []
+        for _ in range(2 if merged is not None else 0):
+            start = time.perf_counter()
+            out = call(self.module, merged)
+            took = time.perf_counter() - start
+            parts = split_batches(out, self.sizes[:k])
+            if parts is None or not all(map(same_outputs, parts, expected)):
+                return  # not bit for bit what the separate batches give
+            if took < MERGE_MIN_SPEEDUP * per_sample * sum(self.sizes[:k]):
+                self._merge_chunks(k)
+                return
+
+    def _merge_chunks(self, k: int) -> None:
+        chunks = []
+        for j in range(0, len(self.chunks), k):
+            part = self.chunks[j : j + k]
+            merged = merge_batches([c.entry.inputs for c in part]) if len(part) > 1 else None
+            if merged is None and len(part) > 1:
+                return  # leave every batch as it is
+            sizes = [s for c in part for s in c.sizes]
+            chunks.append(
+                _Chunk(
+                    part[0].first, sizes, Entry(merged, {}) if merged is not None else part[0].entry
+                )
+            )
+        self.chunks, self.merged = chunks, True
+
+    def _pays(self, cut: float) -> bool:
+        """Whether moving the cache to ``cut`` saves more than building the level costs."""
+        gained = self._prefix(cut) - self._prefix(self.cut)
+        cached = sum(self.batch_times[: self._covered()])
+        evals = 1 + sum(n for g, n in self.remaining.items() if self.cuts.get(g, 0) >= cut)
+        share = (batch_size(self.small) or 1) / max(self.sizes[0], 1)
+        probe = statistics.median(self.batch_times) * share
+        cost = gained * cached + LEVEL_FORWARDS * probe
+        return gained * cached * evals > cost
+
+    # ---------------------------------------------------------------------------------- levels
+    def _covered(self) -> int:
+        return sum(len(c.sizes) for c in self.chunks)
+
+    def _batches(self) -> Iterator[tuple[int, list[int], Entry]]:
+        """Every batch: cached chunks, then past the cap raw inputs (read again from ``data``)."""
+        for c in self.chunks:
+            yield c.first, c.sizes, c.entry
+        covered = self._covered()
+        if covered < len(self.sizes):
+            for i, (inputs, _) in enumerate(self.data):
+                if i >= covered:
+                    yield i, [self.sizes[i]], Entry(to_device(inputs, self.device), None)
+
+    def _replaceable(self, cut: float) -> list[str]:
+        """The outermost submodules run once that end before ``cut``."""
+        ok = {n for n, (_, end, calls) in self.order.items() if n and calls == 1 and end < cut}
+        return sorted(n for n in ok if not any(a in ok for a in ancestors(n)))
+
+    def _needed(self, names: list[str], stop: str) -> tuple[set[tuple[str, int]], Entry] | None:
+        """Leaves of the inputs and of the outputs of ``names`` read after those modules (on the
+        small probe), and the probe's entry at that level; ``None`` if replaying only those
+        leaves does not reproduce the full output."""
+        state = Replay()  # batch 0 through the current level, up to the new cut
+        state.entry = self.probe
+        with (
+            replaying(self.module, self.names, state),
+            recording(self.module, names, stop) as rec0,
+            contextlib.suppress(Stop),
+        ):
+            call(self.module, state.inputs())
+        if any(n not in rec0 for n in names):
+            return None
+        inputs, outs = clone_tree((self.small, rec0))  # the trace may alter them
+        leaves = dict(keyed_leaves("", inputs))
+        leaves.update({key: t for n in names for key, t in keyed_leaves(n, outs[n])})
+        watched = {id(t): key for key, t in leaves.items()}
+        state, tracker = Replay(copies=set()), ReadTracker(watched, leaves.values())
+        state.entry = Entry(inputs, outs)
+        with replaying(self.module, names, state), tracker:
+            out = call(self.module, inputs)
+        returned = {
+            tracker.watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in tracker.watched
+        }
+        needed = tracker.read | returned
+        self.next_copies = tracker.written | returned  # written in place, or handed to the metric
+        probe = Entry(
+            freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
+        )
+        state = Replay()
+        state.entry = probe
+        try:
+            with replaying(self.module, names, state):
+                same = same_outputs(call(self.module, state.inputs()), self.small_output)
+        except Exception:  # a placeholder was used after all: do not cache at this level
+            return None
+        return (needed, probe) if same else None
+
+    def _advance(self, cut: float) -> None:
+        """Move the cache to the level of ``cut`` when that is safe and pays."""
+        if cut <= self.cut or cut in self.failed or not self._pays(cut):
+            return
+        names = self._replaceable(cut)
+        stop = next(n for n, (start, _, _) in self.order.items() if start == cut)
+        found = self._needed(names, stop)
+        if found is None:
+            self.failed.add(cut)
+            warnings.warn(
+                f"cannot replay the modules before {stop!r}; evaluating more of the model",
+                stacklevel=3,
+            )
+            return
+        needed, probe = found
+        # the level being replaced is not read again: replay it without copies, and keep its
+        # tensors that no later code writes to in the new level as they are
+        state, chunks, used = Replay(copies=set()), list[_Chunk](), 0
+        copies, old = self.copies, set(self.names)
+
+        def shared(name: str, j: int, leaf: Any) -> bool:
+            entry = state.entry
+            if name not in old or copies is None or (name, j) in copies or entry is None:
+                return False
+            cached = entry.outputs[name] if entry.outputs is not None else None
+            return cached is not None and leaf is pytree.tree_leaves(cached)[j]
+
+        with (
+            replaying(self.module, self.names, state),
+            recording(self.module, names, stop, shared) as store,
+        ):
+            for first, sizes, entry in self._batches():
+                state.entry = entry
+                store.clear()
+                with contextlib.suppress(Stop):
+                    call(self.module, state.inputs())
+                if any(n not in store for n in names):  # data-dependent control flow
+                    break
+                new = Entry(
+                    freeze("", entry.inputs, needed),
+                    {n: freeze(n, store[n], needed) for n in names},
+                )
+                used += nbytes(new.inputs) + nbytes(new.outputs)
+                if used > self.cap_bytes:
+                    break
+                if len(chunks) < len(self.chunks):  # free the previous level as the new one grows
+                    self.chunks[len(chunks)].entry = new
+                chunks.append(_Chunk(first, sizes, new))
+        self.chunks = chunks
+        self.names, self.cut, self.probe = names, cut, probe
+        self.copies = self.next_copies
+
+    # ------------------------------------------------------------------------------ evaluation
+    def evaluate(self, pruned: nn.Module, group: str, drop: Sequence[int] = ()) -> float:
+        """The metric of ``pruned`` (the module with root channels ``drop`` of ``group`` pruned),
+        replaying what it shares with the module.
+
+        The first model of each group is also run in full on a probe (the small probe, or batch 0
+        when batches are merged): the replayed outputs it has fewer channels of must be the
+        cached ones without the channels of one group member, and the replayed (and merged) run
+        must give what the full run gave; otherwise the group is evaluated in full from then on.
+
+        Raises:
+            ValueError: If pruning changed the shapes of the model's outputs.
+        """
+        cut = self.cuts.get(group, 0.0)
+        self.remaining[group] = self.remaining.get(group, 1) - 1
+        if not drop and group in self.groups:
+            return self.baseline  # no channel goes: the unpruned model (as the naive loop finds)
+        with torch.inference_mode():
+            if group not in self.uncached:
+                self._advance(cut)
+            first = None
+            if group not in self.uncached and self.layouts.get(group, (None,))[0] != self.cut:
+                first = self._check_group(pruned, group, drop)
+            if group in self.uncached or cut < self.cut:
+                return self._full(pruned)
+            try:
+                outputs = self._run(pruned, self._slices(group, drop))
+            except Exception:  # e.g. a placeholder read: evaluate it in full
+                outputs = None
+            if outputs is None or (first is not None and not same_outputs(outputs[0], first)):
+                return self._give_up(pruned, group)
+            check_shapes(outputs[0], self.output0)
+            return float(self.metric(outputs, self.targets))
+
+    def _give_up(self, pruned: nn.Module, group: str) -> float:
+        warnings.warn(f"replayed outputs differ for group {group!r}; not caching it", stacklevel=3)
+        self.uncached.add(group)
+        return self._full(pruned)
+
+    def _check_group(self, pruned: nn.Module, group: str, drop: Sequence[int]) -> Any:
+        """Find the group's channel layout (``self.layouts``) on a probe and check the replay.
+
+        Without merged batches the probe is the small one, replayed and run in full here; with
+        them it is batch 0, whose full output is returned for the caller to compare with the
+        first output of the merged run (else ``None``). A failure marks the group uncached."""
+        if not (self.names or self.merged):  # nothing replayed or merged: nothing to check
+            self.layouts[group] = (self.cut, {})
+            return None
+        inputs, reference = (
+            (self.inputs0, self.output0) if self.merged else (self.small, self.small_output)
+        )
+        cached = self._batch0_outputs() if self.merged else self.probe.outputs
+        with recording(pruned, self.names, None) as store:
+            first = call(pruned, clone_tree(inputs))
+        check_shapes(first, reference)
+        layout = self._layout(group, drop, cached or {}, store)
+        if layout is None:
+            self.uncached.add(group)
+            return None
+        self.layouts[group] = (self.cut, layout)
+        if self.merged:
+            return first
+        state = Replay(copies=self.copies)
+        state.entry, state.slices = self.probe, self._slices(group, drop)
+        try:
+            with replaying(pruned, self.names, state):
+                same = same_outputs(call(pruned, state.inputs()), first)
+        except Exception:
+            same = False
+        if not same:
+            warnings.warn(
+                f"replayed outputs differ for group {group!r}; not caching it", stacklevel=4
+            )
+            self.uncached.add(group)
+        return None
+
+    def _layout(
+        self, group: str, drop: Sequence[int], cached: dict[str, Any], store: dict[str, Any]
+    ) -> dict[str, dict[int, Any]] | None:
+        """For each cached output leaf the pruned model (``store``) has fewer channels of, the
+        member whose channels those are; ``None`` if one is not such a leaf."""
+        layout: dict[str, dict[int, Any]] = {}
+        members = self.groups[group].members if group in self.groups else ()
+        for name in self.names if cached else ():
+            pairs = zip(
+                pytree.tree_leaves(cached[name]), pytree.tree_leaves(store.get(name)), strict=False
+            )
+            for j, (old, now) in enumerate(pairs):
+                if not isinstance(old, torch.Tensor) or old.is_meta:
+                    continue  # never read after the module
+                if (
+                    isinstance(now, torch.Tensor)
+                    and now.shape == old.shape
+                    and torch.equal(now, old)
+                ):
+                    continue
+                found = member_of(old, now, members, self.groups.get(group), drop)
+                if found is None:
+                    return None
+                layout.setdefault(name, {})[j] = found
+        return layout
+
+    def _batch0_outputs(self) -> dict[str, Any] | None:
+        """The cached outputs of the replayed modules for batch 0 (``None``: none cached)."""
+        if not self.chunks or self.chunks[0].entry.outputs is None:
+            return None
+        outputs, sizes = self.chunks[0].entry.outputs, self.chunks[0].sizes
+        if len(sizes) == 1:
+            return outputs
+        total = sum(sizes)
+
+        def first_rows(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == total:
+                return t[: sizes[0]]
+            return t
+
+        return {name: pytree.tree_map(first_rows, tree) for name, tree in outputs.items()}
+
+    def _slices(self, group: str, drop: Sequence[int]) -> dict[str, dict[int, torch.Tensor]]:
+        """The channels each sliced replayed leaf keeps for this ``drop`` (see ``layouts``)."""
+        found = self.groups.get(group)
+        _, layout = self.layouts.get(group, (None, {}))
+        slices: dict[str, dict[int, torch.Tensor]] = {}
+        for name, leaves in layout.items():
+            for j, (member, channels) in leaves.items():
+                gone = set(found.member_channels(member, drop)) if found is not None else set()
+                kept = [i for i in range(channels) if i not in gone]
+                slices.setdefault(name, {})[j] = torch.tensor(kept, device=self.device)
+        return slices
+
+    def _full(self, pruned: nn.Module) -> float:
+        """The metric of ``pruned`` run on every batch as ``data`` gives them (no cache)."""
+        outputs, targets = full_outputs(pruned, self.data, self.device)
+        check_shapes(outputs[0], self.output0)
+        return float(self.metric(outputs, targets))
+
+    def _run(
+        self, pruned: nn.Module, slices: dict[str, dict[int, torch.Tensor]]
+    ) -> list[Any] | None:
+        """Outputs of every batch (``None`` if a merged output cannot be split per batch)."""
+        state, outputs = Replay(copies=self.copies), []
+        state.slices = slices
+        with replaying(pruned, self.names, state):
+            for _, sizes, entry in self._batches():
+                state.entry = entry
+                out = call(pruned, state.inputs())
+                parts = split_batches(out, sizes) if len(sizes) > 1 else [out]
+                if parts is None:
+                    return None
+                outputs.extend(parts)
+        return outputs
+
+
+def _leading(outputs: list[Any], sizes: list[int], limit: int) -> list[Any]:
+    """The leading outputs whose batches hold at most ``limit`` samples together."""
+    total, kept = 0, []
+    for out, size in zip(outputs, sizes, strict=False):
+        total += size
+        if total > limit:
+            break
+        kept.append(out)
+    return kept
