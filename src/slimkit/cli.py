@@ -392,7 +392,7 @@ def _add_train(sub: Subparsers) -> None:
     )
     tr.add_argument(
         "--pruned-flops",
-        type=_FRACTION,
+        type=float,  # checked by the library (budget.check_prune_options), NaN included
         help="instead of --eval-metric-loss, remove this fraction of the FLOPs (0.4 keeps 60%%)",
     )
     tr.add_argument(
