@@ -325,8 +325,11 @@ def test_merged_batches_give_the_same_numbers(make, always_merge: list[int]) -> 
     model = randomize_bn(make())
     data = make_data(model, batches=5)  # 4 samples each: merged into one batch of 20
     assert_same(analyze(model, data), analyze(model, data, fast=False))
-    # merging is refused where oneDNN picks kernels by batch size (TinyDetector here: 1e-8 apart)
-    assert bool(always_merge) == (make is not TinyDetector)
+    # merging is refused where oneDNN picks kernels by batch size; which kernels it picks depends
+    # on the CPU and the thread count (TinyDetector: 1e-8 apart with 1 thread, equal with 2), so
+    # only the plain models are required to merge
+    if make is not TinyDetector:
+        assert always_merge
 
 
 class BatchMixer(TinyClassifier):
