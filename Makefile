@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-quick test lint format clean
+.PHONY: install demo demo-quick test test-quick lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/slimkit demo --quick --out demo_output
 
+# everything, the slow kill -9 tests included (what CI runs)
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+# without the tests marked slow
+test-quick: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -m "not slow"
 
 # ruff (lint + format) and mypy (config in pyproject.toml: strict on slimkit.prune and slimkit.quant)
 lint: $(STAMP)

@@ -1,6 +1,7 @@
 """Atomic file and directory writes (slimkit._io): a crash leaves the old or the new content."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from slimkit._io import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    recover_all,
     recover_directory,
 )
 
@@ -113,14 +115,16 @@ def test_kill_while_writing_keeps_old_and_next_run_cleans_the_temp(tmp_path):
 
 
 @pytest.mark.parametrize("kill_after_renames", [1, 2, 3])
-def test_kill_during_the_swap_leaves_a_complete_directory(tmp_path, kill_after_renames):
-    """A kill after the 1st (tmp→new), 2nd (old aside) or 3rd rename; recovery completes it."""
+def test_kill_during_a_two_rename_swap_leaves_a_complete_directory(tmp_path, kill_after_renames):
+    """Without RENAME_EXCHANGE: a kill after the 1st (tmp→new), 2nd (old aside) or 3rd rename;
+    recovery completes it."""
     target = tmp_path / "model"
     target.mkdir()
     (target / "a").write_text("old")
     run_killed(
         tmp_path,
         f"""
+        io._exchange = lambda a, b: False
         real_rename, calls = os.rename, []
         def rename(src, dst):
             real_rename(src, dst)
@@ -140,6 +144,75 @@ def test_kill_during_the_swap_leaves_a_complete_directory(tmp_path, kill_after_r
     else:
         assert listing(target) == {"a": "new"}
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_the_exchange_swap_never_leaves_the_path_missing(tmp_path):
+    """With RENAME_EXCHANGE (Linux): killed right after the swap, the new directory is in place
+    and the old one waits in the temporary sibling, which the next writer deletes."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is Linux-only")
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "a").write_text("old")
+    run_killed(
+        tmp_path,
+        """
+        real = io._exchange
+        def exchange(a, b):
+            assert real(a, b), "RENAME_EXCHANGE is not available here"
+            os._exit(9)
+        io._exchange = exchange
+        io.os.rename = None  # the exchange path renames nothing
+        with io.atomic_directory(target) as tmp:
+            (tmp / "a").write_text("new")
+        """,
+    )
+    assert listing(target) == {"a": "new"}
+    (stale,) = [p for p in tmp_path.iterdir() if p.name != "model"]
+    assert listing(stale) == {"a": "old"}
+    recover_directory(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def dead_pid() -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    return int(proc.stdout)
+
+
+def test_leftovers_of_live_writers_are_kept_and_of_dead_ones_removed(tmp_path):
+    target = tmp_path / "model"
+    live = tmp_path / f".model.tmp-{os.getpid()}-aaaaaaaaaaaa"
+    dead = tmp_path / f".model.tmp-{dead_pid()}-bbbbbbbbbbbb"
+    legacy = tmp_path / ".model.tmp-cccccccccccc"  # a name from before pids were recorded
+    for d in (live, dead, legacy):
+        d.mkdir()
+    live_file = tmp_path / f".f.json.{os.getpid()}-{'d' * 12}.tmp.json"
+    dead_file = tmp_path / f".f.json.{dead_pid()}-{'e' * 12}.tmp.json"
+    for f in (live_file, dead_file):
+        f.write_text("{")
+    recover_directory(target)
+    assert live.is_dir() and not dead.exists() and not legacy.exists()
+    atomic_write_json(tmp_path / "f.json", {})
+    assert live_file.exists() and not dead_file.exists()
+    live.rmdir()
+    live_file.unlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_recover_all_cleans_every_stale_sibling_in_a_directory(tmp_path):
+    pid = dead_pid()
+    (tmp_path / "best_model").mkdir()
+    (tmp_path / f".best_model.tmp-{pid}-{'a' * 12}").mkdir()
+    (tmp_path / f".epoch_3.tmp-{pid}-{'b' * 12}").mkdir()
+    (tmp_path / f".epoch_2.new-{pid}-{'c' * 12}").mkdir()  # a swap killed between renames
+    (tmp_path / f".epoch_2.new-{pid}-{'c' * 12}" / "a").write_text("new")
+    (tmp_path / f".notes.txt.{pid}-{'d' * 12}.tmp.txt").write_text("half")
+    (tmp_path / "notes.txt").write_text("mine")
+    recover_all(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model", "epoch_2", "notes.txt"]
+    assert listing(tmp_path / "epoch_2") == {"a": "new"}
 
 
 def test_atomic_directory_refuses_a_file(tmp_path):

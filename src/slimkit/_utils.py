@@ -123,7 +123,8 @@ def make_ort_session(
         The session.
 
     Raises:
-        ValueError: ``optimize`` is not one of the levels above.
+        ValueError: ``optimize`` is not one of the levels above, or ONNX Runtime cannot load the
+            model (a missing, empty or corrupt file, an invalid graph).
     """
     # onnxruntime is heavy and only needed by ORT paths; importing slimkit must stay cheap.
     import onnxruntime as ort
@@ -143,9 +144,23 @@ def make_ort_session(
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(
-        source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-    )
+    try:
+        return ort.InferenceSession(
+            source, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except _ort_load_errors() as e:
+        what = "the ONNX model bytes" if isinstance(model, bytes) else repr(str(model))
+        raise ValueError(f"ONNX Runtime cannot load {what}: {' '.join(str(e).split())}") from e
+
+
+def _ort_load_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's exception types for a model file it cannot load (missing, empty, garbage,
+    an invalid graph, an operator it lacks): the user's file is at fault, not slimkit."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ["Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf"]
+    names += ["InvalidGraph", "NotImplemented"]
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
 
 def agg_figure(width: float, height: float, dpi: int = 100) -> Any:

@@ -1,8 +1,12 @@
 """The ``slimkit`` command. Each subcommand parses its flags and calls one library function.
 
-Expected user errors (``ValueError`` — which includes ``DatasetError`` —, ``FileNotFoundError``,
-``NotADirectoryError`` and bad flags) become one line ``slimkit: error: ...`` on stderr and exit
-status 2. Anything else is a bug and shows its traceback.
+Expected user errors become one line ``slimkit: error: ...`` on stderr and exit status 2: bad flags
+(every number is checked for type, finiteness and range as it is parsed), ``ValueError`` (which
+includes ``DatasetError`` and what the libraries convert from ONNX Runtime, Pillow, YAML and
+safetensors errors), ``OSError`` (a missing, unreadable or unwritable file, a full disk) and
+``MemoryError``. Anything else (``TypeError``, ``AttributeError``, ...) is a bug and shows its
+traceback. Outputs follow :mod:`slimkit._outputs`: existing results are replaced only with
+``--overwrite``, inputs never.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from slimkit import slim
+from slimkit._checks import MAX_CLASSES, MAX_INPUT_SIDE, check_float, check_int
+from slimkit._outputs import check_target
 from slimkit.bench.report import run_bench
 from slimkit.data.generate import make_dataset
 from slimkit.demo import run_demo
@@ -27,27 +33,85 @@ from slimkit.tasks.budget import PRUNE_MODES
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (ValueError, OSError, MemoryError)
+
+
+def _message(error: BaseException) -> str:
+    """One line for a user error (an OSError names the file and the reason)."""
+    if isinstance(error, OSError) and error.strerror:
+        names = " -> ".join(repr(str(f)) for f in (error.filename, error.filename2) if f)
+        text = f"{error.strerror}: {names}" if names else error.strerror
+    elif isinstance(error, MemoryError):
+        text = f"out of memory{': ' + str(error) if str(error) else ''}; use smaller inputs"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+# -- flag types: a bad value is a one-line argparse error naming the flag -----------------------
+def _flag(
+    convert: Callable[[str], Any], check: Callable[..., Any], *bounds: Any, **kw: Any
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``convert`` the text, then ``check`` the value against the bounds."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            kind = "an integer" if convert is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        try:
+            return check(value, "the value", *bounds, **kw)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    return _flag(int, check_int, low, high)
+
+
+def _float(
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], float]:
+    return _flag(float, check_float, low, high, low_open=low_open, high_open=high_open)
+
+
+_POSITIVE = _int(1)
+_FRACTION = _float(0.0, 1.0, low_open=True, high_open=True)
 
 
 def _ratios_arg(text: str) -> float | dict[str, float]:
     """``0.5`` (uniform) or a JSON file of ``{group: ratio}``."""
     try:
-        return float(text)
+        uniform = float(text)
     except ValueError:
-        pass
+        uniform = None
+    if uniform is not None:
+        return check_float(uniform, "--ratios", 0.0, 1.0, high_open=True)
     path = Path(text)
     if not path.is_file():
         raise ValueError(
             f"--ratios must be a number or a JSON file of {{group: ratio}}; {text!r} is neither"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{text!r} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{text!r} must hold a JSON object {{group: ratio}}")
-    return {str(k): float(v) for k, v in data.items()}
+    try:
+        return {
+            str(k): check_float(v, f"{text!r}: the ratio of {k!r}", 0.0, 1.0, high_open=True)
+            for k, v in data.items()
+        }
+    except TypeError as e:  # a string or a list where a ratio is due: the file's content
+        raise ValueError(str(e)) from None
 
 
 def _shard_arg(text: str | None) -> tuple[int, int] | None:
@@ -76,6 +140,7 @@ def cmd_datasets_make(a: argparse.Namespace) -> None:
         num_val=a.num_val,
         image_size=a.image_size,
         seed=a.seed,
+        overwrite=a.overwrite,
     )
     print(f"wrote the built-in {a.task} dataset to {a.dir}")
     for k, v in paths.items():
@@ -109,6 +174,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         pruned_flops=a.pruned_flops,
         prune_round_to=a.round_to or None,
         save_interval_epochs=a.save_interval,
+        overwrite=a.overwrite,
     )
     print(f"best model: {Path(a.save_dir) / 'best_model'} " + json.dumps(best))
 
@@ -169,6 +235,7 @@ def cmd_prune(a: argparse.Namespace) -> None:
         a.save_dir,
         criterion=a.criterion,
         round_to=a.round_to or None,
+        overwrite=a.overwrite,
         verify=a.verify,
     )
     print(f"pruned model written to {a.save_dir}")
@@ -190,14 +257,31 @@ def cmd_analyze(a: argparse.Namespace) -> None:
     print(f"sensitivities written to {a.save_file}")
 
 
+def _not_sensitivities(path: Path) -> list[str]:
+    """``[path.name]`` unless ``path`` is a JSON file that ``slimkit analyze`` or ``merge`` wrote."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return [path.name]
+    ours = isinstance(record, dict) and "sensitivities" in record and "metric" in record
+    return [] if ours else [path.name]
+
+
 def cmd_merge(a: argparse.Namespace) -> None:
+    check_target(
+        a.output, "file", overwrite=a.overwrite, sources=a.files, foreign=_not_sensitivities
+    )
     merged = merge_sensitivities(a.files, save_file=a.output)
     print(f"merged {len(a.files)} files ({len(merged['sensitivities'])} groups) into {a.output}")
 
 
 def cmd_visualize(a: argparse.Namespace) -> None:
     paths = slim.visualize(
-        load_model(a.model_dir), a.sensitivities, a.save_dir, eval_metric_loss=a.eval_metric_loss
+        load_model(a.model_dir),
+        a.sensitivities,
+        a.save_dir,
+        eval_metric_loss=a.eval_metric_loss,
+        overwrite=a.overwrite,
     )
     for p in paths:
         print(f"wrote {p}")
@@ -215,6 +299,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
         algo=a.algo,
         max_metric_drop=a.max_metric_drop,
         exclude=tuple(_list_arg(a.exclude) or ()),
+        overwrite=a.overwrite,
     )
     print(f"INT8 model written to {a.save_dir}")
 
@@ -228,6 +313,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         threads=a.threads,
         runs=a.runs,
         names=_list_arg(a.names),
+        overwrite=a.overwrite,
     )
 
 
@@ -256,6 +342,14 @@ def _add(
     return parser
 
 
+def _add_overwrite(parser: _Parser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} (never the inputs, never files slimkit did not write)",
+    )
+
+
 def _add_datasets(sub: Subparsers) -> None:
     ds = sub.add_parser("datasets", help="built-in datasets")
     mk = _add(
@@ -266,28 +360,29 @@ def _add_datasets(sub: Subparsers) -> None:
     )
     mk.add_argument("--task", choices=TASKS, required=True)
     mk.add_argument("dir")
-    mk.add_argument("--num-train", type=int)
-    mk.add_argument("--num-val", type=int)
-    mk.add_argument("--image-size", type=int)
-    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--num-train", type=_POSITIVE)
+    mk.add_argument("--num-val", type=_POSITIVE)
+    mk.add_argument("--image-size", type=_int(32, MAX_INPUT_SIDE))
+    mk.add_argument("--seed", type=_int(0), default=0)
+    _add_overwrite(mk, "a dataset generated before in DIR")
 
 
 def _add_train(sub: Subparsers) -> None:
     tr = _add(sub, "train", cmd_train, "train (or prune + fine-tune) a zoo model")
     tr.add_argument("--model", required=True, choices=[m for t in TASKS for m in list_models(t)])
     tr.add_argument("--data", required=True, help="dataset directory with train/val lists")
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=0.025)
+    tr.add_argument("--epochs", type=_int(0), default=10)
+    tr.add_argument("--batch-size", type=_POSITIVE, default=32)
+    tr.add_argument("--lr", type=_float(0.0, low_open=True), default=0.025)
     tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    tr.add_argument("--input-size", type=int, default=224)
-    tr.add_argument("--width-mult", type=float)
-    tr.add_argument("--base-channels", type=int)
+    tr.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
+    tr.add_argument("--width-mult", type=_float(0.0, 16.0, low_open=True))
+    tr.add_argument("--base-channels", type=_int(1, 4096))
     tr.add_argument("--save-dir", default="output")
-    tr.add_argument("--save-interval", type=int, default=1)
+    tr.add_argument("--save-interval", type=_POSITIVE, default=1)
     tr.add_argument("--pretrain", help="model directory whose weights initialise training")
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
-    tr.add_argument("--eval-metric-loss", type=float, default=0.05)
+    tr.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
     tr.add_argument(
         "--prune-mode",
         choices=PRUNE_MODES,
@@ -297,10 +392,13 @@ def _add_train(sub: Subparsers) -> None:
     )
     tr.add_argument(
         "--pruned-flops",
-        type=float,
+        type=float,  # checked by the library (budget.check_prune_options), NaN included
         help="instead of --eval-metric-loss, remove this fraction of the FLOPs (0.4 keeps 60%%)",
     )
-    tr.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
+    tr.add_argument(
+        "--round-to", type=_int(0), default=8, help="kept channels a multiple of (0: off)"
+    )
+    _add_overwrite(tr, "model directories at SAVE_DIR/best_model and SAVE_DIR/epoch_N")
 
 
 def _add_model_commands(sub: Subparsers) -> None:
@@ -308,12 +406,14 @@ def _add_model_commands(sub: Subparsers) -> None:
     ev.add_argument("model_dir")
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="val")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=_POSITIVE, default=8)
 
     pr = _add(sub, "predict", cmd_predict, "predict images with a model directory")
     pr.add_argument("model_dir")
     pr.add_argument("images", nargs="+")
-    pr.add_argument("--threshold", type=float, default=0.3, help="det: minimum score shown")
+    pr.add_argument(
+        "--threshold", type=_float(0.0, 1.0), default=0.3, help="det: minimum score shown"
+    )
 
 
 def _add_model_def(parser: _Parser) -> None:
@@ -323,8 +423,8 @@ def _add_model_def(parser: _Parser) -> None:
     own.add_argument("--model-def", metavar="MODULE:FACTORY", help="pkg.module:fn or file.py:fn")
     own.add_argument("--weights", help="its weights: .safetensors or a torch.save'd state dict")
     own.add_argument("--task", choices=TASKS, default="cls", help="what its outputs are")
-    own.add_argument("--input-size", type=int, default=224)
-    own.add_argument("--num-classes", type=int, help="default: from --data")
+    own.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
+    own.add_argument("--num-classes", type=_int(1, MAX_CLASSES), help="default: from --data")
 
 
 def _add_pruning(sub: Subparsers) -> None:
@@ -333,32 +433,37 @@ def _add_pruning(sub: Subparsers) -> None:
     pn.add_argument("--ratios", required=True, help="a float (uniform) or a JSON file")
     pn.add_argument("--save-dir", required=True)
     pn.add_argument("--criterion", choices=list(CRITERIA), default="l1")
-    pn.add_argument("--round-to", type=int, default=8, help="kept channels a multiple of (0: off)")
+    pn.add_argument(
+        "--round-to", type=_int(0), default=8, help="kept channels a multiple of (0: off)"
+    )
     pn.add_argument(
         "--verify", action="store_true", help="fail if pruned != original with channels zeroed"
     )
+    _add_overwrite(pn, "a model directory at SAVE_DIR")
 
     an = _add(sub, "analyze", cmd_analyze, "sensitivity analysis on the validation set")
     _add_model_def(an)
     an.add_argument("--data", required=True)
     an.add_argument("--split", default="val")
     an.add_argument("--save-file", required=True)
-    an.add_argument("--batch-size", type=int, default=8)
+    an.add_argument("--batch-size", type=_POSITIVE, default=8)
     an.add_argument("--groups", help="comma-separated group names (a worker's share)")
     an.add_argument("--shard", help="i/n: this worker's deterministic share of the groups")
-    an.add_argument("--loss-cap", type=float, default=1.0)
+    an.add_argument("--loss-cap", type=_float(0.0, low_open=True), default=1.0)
     an.add_argument("--criterion", choices=list(CRITERIA), default="l1")
     an.add_argument("--restart", action="store_true", help="discard a mismatching save file")
 
     mg = _add(sub, "merge", cmd_merge, "merge sensitivity files computed on disjoint groups")
     mg.add_argument("files", nargs="+")
     mg.add_argument("-o", "--output", required=True)
+    _add_overwrite(mg, "a sensitivity file at OUTPUT")
 
     vi = _add(sub, "visualize", cmd_visualize, "plot sensitivities (budget and per-group curves)")
     vi.add_argument("model_dir")
     vi.add_argument("sensitivities")
     vi.add_argument("--save-dir", default=".")
-    vi.add_argument("--eval-metric-loss", type=float, default=0.05)
+    vi.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
+    _add_overwrite(vi, "the plots in SAVE_DIR")
 
 
 def _add_quantize(sub: Subparsers) -> None:
@@ -366,13 +471,14 @@ def _add_quantize(sub: Subparsers) -> None:
     _add_model_def(qu)
     qu.add_argument("--data", required=True)
     qu.add_argument("--split", default="val")
-    qu.add_argument("--batch-size", type=int, default=1)
-    qu.add_argument("--batch-num", type=int, default=10)
+    qu.add_argument("--batch-size", type=_POSITIVE, default=1)
+    qu.add_argument("--batch-num", type=_POSITIVE, default=10)
     qu.add_argument("--algo", default="KL", type=_algo_arg, choices=ALGOS)
     qu.add_argument("--save-dir", required=True)
     qu.add_argument("--cache-dir")
-    qu.add_argument("--max-metric-drop", type=float)
+    qu.add_argument("--max-metric-drop", type=_float(0.0))
     qu.add_argument("--exclude", help="comma-separated ONNX node names kept in FP32")
+    _add_overwrite(qu, "a model directory at SAVE_DIR")
 
 
 def _algo_arg(text: str) -> str:
@@ -387,8 +493,9 @@ def _add_bench_demo(sub: Subparsers) -> None:
     be.add_argument("--split", default="val")
     be.add_argument("--names", help="comma-separated row names (default: directory names)")
     be.add_argument("--out", default="bench_output")
-    be.add_argument("--threads", type=int, default=1)
-    be.add_argument("--runs", type=int, default=20)
+    be.add_argument("--threads", type=_POSITIVE, default=1)
+    be.add_argument("--runs", type=_POSITIVE, default=20)
+    _add_overwrite(be, "the report files in OUT")
 
     de = _add(sub, "demo", cmd_demo, "the end-to-end workflow on the built-in data")
     de.add_argument("--out", default="demo_output")
@@ -417,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        print(f"slimkit: error: {e}", file=sys.stderr)
+        print(f"slimkit: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slimkit: interrupted", file=sys.stderr)

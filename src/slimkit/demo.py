@@ -152,6 +152,7 @@ def train_original(cfg: DemoConfig, train_ds: Any, val_ds: Any, out: Path) -> Pa
             warmup_steps=20,
             save_dir=out / "original",
             save_interval_epochs=max(cfg.epochs // 3, 1),
+            overwrite=True,  # the demo's own stage, redone when a run was interrupted
         )
     return best
 
@@ -194,6 +195,7 @@ def prune_and_finetune(
             sensitivities_file=sensitivities,
             eval_metric_loss=cfg.eval_metric_loss,
             save_interval_epochs=max(cfg.finetune_epochs // 2, 1),
+            overwrite=True,  # the demo's own stage, redone when a run was interrupted
         )
     except ValueError as e:
         if str(sensitivities) != "DEFAULT":
@@ -250,6 +252,7 @@ def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
         str(out / "bench"),
         names=[n for n, _ in rows],
         title=f"{cfg.task}: {cfg.architecture}",
+        overwrite=True,  # the demo's own report, rewritten on every run
     )
     log(f"[{cfg.task}] done in {time.time() - start:.0f}s")
     return result

@@ -13,9 +13,12 @@ from typing import Any
 
 from torch import nn
 
+from slimkit._checks import check_float, check_int
+from slimkit._outputs import check_sources, check_target
 from slimkit.quant import QuantConfig, QuantResult, export_onnx, quantize
 from slimkit.tasks import modeldir
 from slimkit.tasks.base import BaseTask
+from slimkit.tasks.checks import check_dataset, dataset_dirs
 from slimkit.tasks.loading import load_model
 from slimkit.tasks.logging import log
 from slimkit.tasks.pruning import resolve_sensitivities
@@ -55,6 +58,9 @@ def analysis(
     from slimkit.prune import analyze_sensitivity
 
     net = _require_net(model, "slim.analysis").cpu().eval()
+    check_int(batch_size, "batch_size", 1)
+    if save_file is not None:
+        check_target(save_file, "resume", sources=[model.source_dir, *dataset_dirs(dataset)])
     data = model.eval_batches(dataset, batch_size)
     return analyze_sensitivity(
         net,
@@ -79,20 +85,26 @@ def visualize(
     sensitivities_file: str | os.PathLike,
     save_dir: str | os.PathLike = "./",
     eval_metric_loss: float = 0.05,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write the PaddleX-style sensitivity plots for a model; returns the PNG paths.
 
     ``sensi_budget.png``: eval_metric_loss (x) vs the fraction of params and FLOPs pruned (y);
     ``sensi_groups.png``: every group's loss-vs-ratio curve with the ratio chosen at the budget.
+    Existing plots of these names are replaced only with ``overwrite=True``.
     """
     from slimkit.prune import load_sensitivities  # heavy (torch-pruning, matplotlib), see above
     from slimkit.prune.plots import plot_budget_curve, plot_group_curves
 
     net = _require_net(model, "slim.visualize")
-    sens = load_sensitivities(resolve_sensitivities(model.sensitivity_key, sensitivities_file))
+    check_float(eval_metric_loss, "eval_metric_loss", 0.0, 1.0, low_open=True, high_open=True)
+    path = resolve_sensitivities(model.sensitivity_key, sensitivities_file)
     save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
     budget, groups = save_dir / "sensi_budget.png", save_dir / "sensi_groups.png"
+    for target in (budget, groups):
+        check_target(target, "file", overwrite=overwrite, sources=[path, model.source_dir])
+    sens = load_sensitivities(path)
+    save_dir.mkdir(parents=True, exist_ok=True)
     plot_budget_curve(sens, net.cpu().eval(), model.example_inputs(), budget)
     plot_group_curves(sens, groups, eval_metric_loss=eval_metric_loss)
     return [budget, groups]
@@ -104,6 +116,7 @@ def prune(
     save_dir: str | os.PathLike,
     criterion: str = "l1",
     round_to: int | None = 8,
+    overwrite: bool = False,
     verify: bool = False,
 ) -> BaseTask:
     """Prune a saved model (uniform ratio or ``{group: ratio}``), log params/FLOPs, save it.
@@ -111,19 +124,46 @@ def prune(
     ``model_dir`` may also be a task object (e.g. a model defined outside slimkit, see
     :mod:`slimkit.models.external`). The same path as ``train(sensitivities_file=...)``:
     :meth:`BaseTask.prune`; ``verify=True`` fails on a mismatch with the masked original.
+    ``save_dir`` must be new or empty, or (with ``overwrite=True``) a model directory other than
+    the input.
     """
-    if isinstance(model_dir, BaseTask):
-        model = model_dir
-    else:
-        if Path(save_dir).resolve() == Path(model_dir).resolve():
-            raise ValueError(
-                "--save-dir must differ from the model directory (it would be overwritten)"
-            )
-        model = load_model(model_dir)
+    ratios = _ratios(ratios)
+    if round_to is not None:
+        check_int(round_to, "round_to", 1)
+    model = model_dir if isinstance(model_dir, BaseTask) else load_model(model_dir)
     _require_net(model, "prune")
+    modeldir.check_model_target(save_dir, overwrite, sources=[model.source_dir])
     model.prune(ratios, criterion=criterion, round_to=round_to, verify=verify)
-    model.save(save_dir)
+    model.save(save_dir, overwrite=overwrite)
     return model
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    """Names or patterns: one string is one name (never split into characters)."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) for v in value
+    ):
+        raise TypeError(f"{name} must be a string or a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _ratios(ratios: Any) -> float | dict[str, float]:
+    """A uniform ratio (a number, or a string holding one) or ``{group: ratio}``, values checked."""
+    if isinstance(ratios, str):
+        try:
+            ratios = float(ratios)
+        except ValueError:
+            raise ValueError(
+                f"ratios must be a number or {{group: ratio}}, got the string {ratios!r}"
+            ) from None
+    if isinstance(ratios, dict):
+        return {
+            str(g): check_float(r, f"ratio of {g!r}", 0.0, 1.0, high_open=True)
+            for g, r in ratios.items()
+        }
+    return check_float(ratios, "ratios", 0.0, 1.0, high_open=True)
 
 
 def export_quant_model(
@@ -135,8 +175,9 @@ def export_quant_model(
     cache_dir: str | os.PathLike | None = None,
     algo: str = "KL",
     max_metric_drop: float | None = None,
-    exclude: Sequence[str] = (),
+    exclude: Sequence[str] | str = (),
     keep_fp32_if_slower: bool = True,
+    overwrite: bool = False,
 ) -> BaseTask:
     """Post-training INT8 quantization (KL calibration by default) to an ONNX Quant model directory.
 
@@ -147,18 +188,28 @@ def export_quant_model(
     metric is within that drop. Where INT8 runs slower than FP32 on this CPU (tiny nets), the FP32
     model is shipped as ``model.onnx`` with a message (``keep_fp32_if_slower=False``: always INT8);
     ``model.yml``'s ``quant`` section records the choice, both latencies, the INT8 metric, how the
-    ranges were chosen and the bias-corrected layers. Returns the loaded Quant model.
+    ranges were chosen and the bias-corrected layers.
+    ``exclude`` takes node names or patterns (one string is one pattern). ``save_dir`` must be
+    new or empty, or (with ``overwrite=True``) a model directory; never the directory ``model``
+    was loaded from. Returns the loaded Quant model.
     """
     _require_net(model, "slim.export_quant_model")
-    if batch_size < 1 or batch_num < 1:
-        raise ValueError(f"batch_size and batch_num must be >= 1, got {batch_size} and {batch_num}")
+    check_dataset(test_dataset, "test_dataset")
+    check_int(batch_size, "batch_size", 1)
+    check_int(batch_num, "batch_num", 1)
+    if max_metric_drop is not None:
+        check_float(max_metric_drop, "max_metric_drop", 0.0)
     if len(test_dataset) == 0:
         raise ValueError("the calibration dataset is empty")
+    exclude = _names(exclude, "exclude")
     config = QuantConfig(
-        algo=algo, batch_num=batch_num, exclude=tuple(exclude), max_metric_drop=max_metric_drop
+        algo=algo, batch_num=batch_num, exclude=exclude, max_metric_drop=max_metric_drop
     )
-    save_dir = Path(save_dir)
-    with modeldir.writing(save_dir) as tmp:
+    sources = [model.source_dir, *dataset_dirs(test_dataset)]
+    save_dir = modeldir.check_model_target(save_dir, overwrite, sources)
+    if cache_dir is not None:
+        check_sources(cache_dir, sources)
+    with modeldir.writing(save_dir, overwrite, sources) as tmp:
         info = _quantize_into(
             tmp, model, test_dataset, batch_size, config, cache_dir, keep_fp32_if_slower
         )

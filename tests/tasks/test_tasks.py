@@ -154,12 +154,15 @@ def test_save_replaces_a_model_dir_whole_and_refuses_foreign_files(tmp_path):
     model.save(target)
     assert (target / "prune_plan.json").is_file()
     fresh = slimkit.seg.UNet(num_classes=2, input_size=32, base_channels=4, depth=2)
-    fresh.save(target)  # a Normal model over a Prune one: the stale plan goes with the old dir
+    with pytest.raises(ValueError, match="already holds a slimkit model directory.*--overwrite"):
+        fresh.save(target)  # an existing model is replaced only on request
+    assert slimkit.load_model(target).status == "Prune"
+    fresh.save(target, overwrite=True)  # Normal over Prune: the stale plan goes with the old dir
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "model.yml"]
     assert slimkit.load_model(target).status == "Normal"
     (target / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="refusing to replace .*notes.txt"):
-        fresh.save(target)
+    with pytest.raises(ValueError, match="not part of a slimkit model directory \\(notes.txt\\)"):
+        fresh.save(target, overwrite=True)  # never, not even with overwrite
     assert (target / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary siblings left
 

@@ -11,7 +11,6 @@ net.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -22,6 +21,8 @@ from typing import Any, cast
 
 import torch
 
+from slimkit._io import atomic_file, atomic_write_json, atomic_write_text
+from slimkit._outputs import check_target
 from slimkit.bench.latency import onnx_latency, torch_latency
 from slimkit.bench.plots import plot_pareto, plot_size_metric
 from slimkit.models import list_models, model_spec
@@ -426,6 +427,7 @@ def run_bench(
     title: str | None = None,
     warmup: int = 5,
     gpu: bool | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Benchmark model directories and write ``bench.json``, ``bench.md`` and two plots.
 
@@ -441,13 +443,15 @@ def run_bench(
         title: Heading of ``bench.md``.
         warmup: Untimed runs before timing.
         gpu: See :func:`benchmark_model`.
+        overwrite: Replace the four files of an earlier run in ``out_dir`` (otherwise refused).
 
     Returns:
         The ``bench.json`` content: ``machine``, ``settings``, ``baseline``, ``rows``, ``files``.
 
     Raises:
         ValueError: a directory is missing or not a model directory, the data split is missing,
-            or names / baseline / counts are inconsistent. Checked before anything is timed.
+            names / baseline / counts are inconsistent, or an output file exists (without
+            ``overwrite``) or would overlap an input. Checked before anything is timed.
     """
     if isinstance(model_dirs, (str, os.PathLike)) or not model_dirs:
         raise ValueError("model_dirs must be a non-empty list of model directories")
@@ -456,6 +460,8 @@ def run_bench(
     if not -len(dirs) <= baseline < len(dirs):
         raise ValueError(f"baseline must index one of the {len(dirs)} model directories")
     _check_args(threads, runs, warmup, gpu)
+    for name in OUTPUT_FILES.values():
+        check_target(Path(out_dir) / name, "file", overwrite=overwrite, sources=[*dirs, data_dir])
     infos = [modeldir.read_model_yml(d) for d in dirs]
     datasets = {t: open_split(t, data_dir, split) for t in {i["task"] for i in infos}}
     rows = []
@@ -477,16 +483,24 @@ def run_bench(
     return _write_outputs(result, Path(out_dir))
 
 
+OUTPUT_FILES = {
+    "json": "bench.json",
+    "markdown": "bench.md",
+    "pareto": "bench_pareto.png",
+    "size_metric": "bench_size_metric.png",
+}
+
+
 def _write_outputs(result: dict[str, Any], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    files = {"json": "bench.json", "markdown": "bench.md"}
-    files.update(pareto="bench_pareto.png", size_metric="bench_size_metric.png")
-    result["files"] = files
-    plot_pareto(result["rows"], out / files["pareto"])
-    plot_size_metric(result["rows"], out / files["size_metric"])
+    files = result["files"] = dict(OUTPUT_FILES)
+    with atomic_file(out / files["pareto"]) as tmp:
+        plot_pareto(result["rows"], tmp)
+    with atomic_file(out / files["size_metric"]) as tmp:
+        plot_size_metric(result["rows"], tmp)
     text = format_report(result)
-    (out / files["markdown"]).write_text(text, encoding="utf-8")
-    (out / files["json"]).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / files["markdown"], text)
+    atomic_write_json(out / files["json"], result, indent=2, ensure_ascii=False)
     print(text)
     return result
 

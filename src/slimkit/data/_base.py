@@ -14,13 +14,17 @@ from __future__ import annotations
 import copy
 import operator
 import os
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from slimkit._checks import MAX_IMAGE_PIXELS
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -31,7 +35,28 @@ _DECODE_ERRORS = (
     SyntaxError,
     ValueError,
     Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
+
+
+@contextmanager
+def open_image(path: str, prefix: str = "") -> Iterator[Image.Image]:
+    """``Image.open`` that refuses images over ``MAX_IMAGE_PIXELS`` before decoding them.
+
+    Pillow's decompression-bomb warning is raised as an error (no stray line on stderr).
+
+    Raises:
+        DatasetError: the image has more pixels than slimkit decodes.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DatasetError(
+                    f"{prefix}image {path} is {im.width}x{im.height} pixels, more than slimkit decodes "
+                    f"({MAX_IMAGE_PIXELS:,}); downscale it"
+                )
+            yield im
 
 
 class DatasetError(ValueError):
@@ -143,10 +168,12 @@ def read_image(path: str, origin: str | None = None) -> np.ndarray:
     """
     prefix = f"{origin}: " if origin else ""
     try:
-        with Image.open(path) as im:
+        with open_image(path, prefix) as im:
             return np.array(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError as e:
         raise DatasetError(f"{prefix}image file not found: {path}") from e
+    except DatasetError:
+        raise
     except _DECODE_ERRORS as e:
         raise DatasetError(
             f"{prefix}cannot decode image {path} (corrupt or truncated?): {e}"
@@ -161,7 +188,7 @@ def read_index_png(path: str, origin: str | None = None) -> np.ndarray:
     """
     prefix = f"{origin}: " if origin else ""
     try:
-        with Image.open(path) as im:
+        with open_image(path, prefix) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 raise DatasetError(
                     f"{prefix}label image {path} has mode {im.mode}; expected a single-channel "

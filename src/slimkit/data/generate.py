@@ -40,11 +40,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from slimkit._checks import MAX_INPUT_SIDE, check_int
+from slimkit._io import atomic_directory
+from slimkit._outputs import check_target, listing
 
 from ._shapes import (
     Shape,
@@ -75,16 +81,23 @@ def make_dataset(
     num_val: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, str]:
     """Writes a built-in dataset to ``out_dir`` in the standard layout of its task.
 
+    The folder is written whole (in a temporary sibling, then swapped in): a kill leaves no
+    half-written dataset. It must be new or empty; a dataset generated here before is replaced
+    only with ``overwrite=True``, and a folder holding anything else (the user's own
+    ``labels.txt``, lists or images) never.
+
     Args:
         task: ``"cls"``, ``"det"`` or ``"seg"``.
-        out_dir: Output folder (created; existing files of the same names are overwritten).
+        out_dir: Output folder.
         num_train: Training images (default per task in `DEFAULTS`: 600 / 400 / 300).
         num_val: Validation images (default 200 / 100 / 100).
         image_size: Square image side in pixels, at least 32 (default 64 / 128 / 64).
         seed: Non-negative seed; the same arguments give byte-identical files.
+        overwrite: Replace a dataset generated here before.
 
     Returns:
         Paths written: ``data_dir``, ``train_list``, ``val_list``, ``label_list``; det also
@@ -95,21 +108,25 @@ def make_dataset(
         raise ValueError(f"task must be one of {sorted(DEFAULTS)}, got {task!r}")
     default_train, default_val, default_size = DEFAULTS[task]
     counts = {
-        "train": default_train if num_train is None else int(num_train),
-        "val": default_val if num_val is None else int(num_val),
+        split: check_int(default if n is None else n, f"num_{split}", 1, MAX_IMAGES)
+        for split, n, default in (
+            ("train", num_train, default_train),
+            ("val", num_val, default_val),
+        )
     }
-    size = default_size if image_size is None else int(image_size)
-    if min(counts.values()) < 1:
-        raise ValueError(f"num_train and num_val must be at least 1, got {counts}")
-    if size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels, got {size}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    size = check_int(
+        default_size if image_size is None else image_size, "image_size", 32, MAX_INPUT_SIDE
+    )
+    check_int(seed, "seed", 0)
+    check_target(out_dir, "dataset", overwrite=overwrite, foreign=foreign_files)
     out = os.fspath(out_dir)
-    os.makedirs(out, exist_ok=True)
     writer = {"cls": _make_cls, "det": _make_det, "seg": _make_seg}[task]
-    paths = writer(out, counts, size, seed)
-    _write_lines(os.path.join(out, "labels.txt"), _CLASSES[task])
+    with atomic_directory(out) as tmp:
+        written = writer(os.fspath(tmp), counts, size, seed)
+        _write_lines(os.fspath(tmp / "labels.txt"), _CLASSES[task])
+    paths = {
+        k: os.path.normpath(os.path.join(out, os.path.relpath(v, tmp))) for k, v in written.items()
+    }
     return {
         "data_dir": out,
         "train_list": os.path.join(out, "train_list.txt"),
@@ -120,6 +137,37 @@ def make_dataset(
 
 
 _CLASSES = {"cls": CLS_CLASSES, "det": DET_CLASSES, "seg": SEG_CLASSES}
+MAX_IMAGES = 1_000_000
+_FOLDERS = {
+    "cls": set(CLS_CLASSES),
+    "det": {"JPEGImages", "Annotations", "annotations"},
+    "seg": {"images", "labels"},
+}
+_LISTS = {"labels.txt", "train_list.txt", "val_list.txt"}
+_GENERATED_FILE = re.compile(r"^((train|val)_\d{5}\.(jpg|xml|png)|instances_(train|val)\.json)$")
+
+
+def foreign_files(path: Path) -> list[str]:
+    """What in directory ``path`` :func:`make_dataset` does not write; empty when it holds a
+    generated dataset: the lists, ``labels.txt`` with one task's classes and that task's folders
+    of generated files only."""
+    names = set(listing(path))
+    for task, folders in _FOLDERS.items():
+        if _LISTS <= names <= _LISTS | folders and _labels(path) == list(_CLASSES[task]):
+            return [
+                f"{f}/{p.name}" if (path / f).is_dir() else f
+                for f in sorted(names & folders)
+                for p in ((path / f).iterdir() if (path / f).is_dir() else [path / f])
+                if not (path / f).is_dir() or not _GENERATED_FILE.match(p.name)
+            ]
+    return sorted(names)
+
+
+def _labels(path: Path) -> list[str] | None:
+    try:
+        return (path / "labels.txt").read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _rng(seed: int, task: str, split: str, index: int) -> np.random.Generator:

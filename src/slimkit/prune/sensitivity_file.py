@@ -30,13 +30,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from slimkit._io import atomic_write_json
 
 try:
     import fcntl
@@ -254,18 +255,9 @@ def write_sensitivities(path: str | os.PathLike[str], record: dict[str, Any]) ->
         for g, losses in sorted(record["sensitivities"].items())
     }
     out["unprunable"] = dict(sorted(record.get("unprunable", {}).items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # a temp name tagged with the writer's pid: the next writer deletes it once that process is
+    # gone (a kill -9 runs no cleanup)
+    atomic_write_json(path, out, allow_nan=False)
 
 
 @contextlib.contextmanager

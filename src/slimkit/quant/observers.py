@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from slimkit._io import atomic_file, atomic_write_text
 
 from .runtime import make_session, split_feed
 
@@ -271,18 +272,16 @@ def save_histograms(
     empty = np.zeros((0, 0), np.int64)
     stacked = np.stack([observers[n].hist for n in names]) if names else empty
     negative = np.stack([observers[n].neg_hist for n in names]) if names else empty
-    tmp_npz = npz_path.with_name(npz_path.stem + ".tmp.npz")
-    np.savez_compressed(tmp_npz, hist=stacked, neg_hist=negative)
     payload = {
         "version": CACHE_VERSION,
         "fingerprint": key,
         **meta,
         "tensors": {n: observers[n].state() for n in names},
     }
-    tmp_json = json_path.with_name(json_path.name + ".tmp")
-    tmp_json.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp_npz, npz_path)
-    os.replace(tmp_json, json_path)
+    # temp names tagged with the pid: a killed writer's leftovers go with the next write
+    with atomic_file(npz_path) as tmp_npz:
+        np.savez_compressed(tmp_npz, hist=stacked, neg_hist=negative)
+    atomic_write_text(json_path, json.dumps(payload, indent=1))
     return json_path
 
 
@@ -301,11 +300,47 @@ def load_histograms(
             stacked, negative = data["hist"], data["neg_hist"]
     except (OSError, ValueError, KeyError):
         return None
-    names = list(meta["tensors"])
-    if not set(tensors) <= set(names) or stacked.shape[0] != len(names):
+    return _cached_observers(meta, stacked, negative, tensors)
+
+
+def _cached_observers(
+    meta: Any, stacked: np.ndarray, negative: np.ndarray, tensors: Sequence[str]
+) -> dict[str, HistogramObserver] | None:
+    """The observers of a cache file pair; None (recalibrate) when any value is implausible:
+    counts negative or not adding up, a range that is not finite, a field of the wrong type."""
+    states = meta.get("tensors") if isinstance(meta, dict) else None
+    if (
+        not isinstance(states, dict)
+        or not set(tensors) <= set(states)
+        or stacked.ndim != 2
+        or stacked.shape[0] != len(states)
+        or negative.shape != stacked.shape
+        or not (
+            np.issubdtype(stacked.dtype, np.integer) and np.issubdtype(negative.dtype, np.integer)
+        )
+        or (negative < 0).any()
+        or (negative > stacked).any()
+    ):
         return None
-    rows = dict(zip(names, zip(stacked, negative, strict=True), strict=True))
-    return {n: HistogramObserver.from_state(meta["tensors"][n], *rows[n]) for n in tensors}
+    rows = dict(zip(states, zip(stacked, negative, strict=True), strict=True))
+    out = {}
+    for name in tensors:
+        state = states[name]
+        try:
+            observer = HistogramObserver.from_state(state, *rows[name])
+        except (KeyError, TypeError, ValueError):
+            return None
+        seen = observer.count > 0
+        if not (
+            math.isfinite(observer.upper)
+            and observer.upper >= 0.0
+            and 0 <= observer.zeros <= observer.count == int(observer.hist.sum())
+            and (not seen or observer.min <= observer.max)
+            and (not seen or math.isfinite(observer.min) and math.isfinite(observer.max))
+        ):
+            return None
+        out[name] = observer
+    return out
 
 
 _FIXED_BOUNDS = {

@@ -18,16 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from slimkit._utils import as_hw
+from slimkit._checks import MAX_CLASSES, check_int
+from slimkit._io import recover_all
 from slimkit.data import collate_fn
+from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
-from slimkit.tasks import modeldir
+from slimkit.tasks import checks, modeldir
 from slimkit.tasks.budget import (
     PruneRecord,
     adaptive_bn,
@@ -57,20 +58,20 @@ class BaseTask:
         labels: Sequence[str] | None = None,
         **model_kwargs: Any,
     ) -> None:
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.num_classes = check_int(num_classes, "num_classes", 1, MAX_CLASSES)
         spec = _checked_spec(architecture, self.task)
         if input_size is None:
             input_size = spec.input_size
         if input_size is None:
             raise ValueError(f"model {architecture!r} has no default input_size; pass input_size=")
         self.architecture = architecture
-        self.num_classes = num_classes
-        self.input_size = as_hw(input_size, "input_size")
-        self.mean = tuple(float(m) for m in (spec.mean if mean is None else mean))
-        self.std = tuple(float(s) for s in (spec.std if std is None else std))
-        self.labels = list(labels) if labels is not None else [str(i) for i in range(num_classes)]
+        self.input_size = checks.input_hw(input_size)
+        self.mean = checks.channel_values(spec.mean if mean is None else mean, "mean")
+        self.std = checks.channel_values(spec.std if std is None else std, "std", positive=True)
+        self.labels = checks.label_names(labels, self.num_classes)
         self.model_kwargs = dict(model_kwargs)
+        checks.check_net_size(architecture, self._net_kwargs())
+        self.source_dir: Path | None = None  # the model directory load_model read it from
         self.status = "Normal"
         self.prune_plan: dict[str, Any] | None = None
         self.prune_record: PruneRecord | None = None  # how train/prune chose the ratios
@@ -147,6 +148,7 @@ class BaseTask:
         self, dataset: Any, batch_size: int, train: bool = False, num_workers: int = 0
     ) -> DataLoader:
         """A DataLoader of ``(images, targets)`` batches with the task's default transforms."""
+        checks.check_dataset(dataset, batch_size=batch_size)
         if len(dataset) == 0:
             raise ValueError("the dataset is empty; check its file list")
         ds = self._transformed(dataset, train)
@@ -191,14 +193,13 @@ class BaseTask:
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"expected an HxWx3 RGB uint8 array, got shape {image.shape}")
             return image.astype(np.uint8)
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image {str(path)!r} not found")
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except OSError as e:
-            raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+        if not isinstance(image, (str, os.PathLike)):
+            raise TypeError(
+                f"predict takes image paths or HxWx3 uint8 arrays, got {type(image).__name__}"
+            )
+        if not Path(image).is_file():
+            raise ValueError(f"image {str(image)!r} not found")
+        return read_image(os.fspath(image))
 
     @torch.inference_mode()
     def predict(self, image: Any) -> Any:
@@ -348,6 +349,7 @@ class BaseTask:
         prune_round_to: int | None = 8,
         num_workers: int = 0,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> dict[str, float]:
         """Train (or, with ``sensitivities_file``, prune then fine-tune) the model.
 
@@ -380,12 +382,13 @@ class BaseTask:
                 (SIMD-friendly shapes; None keeps the exact ratios).
             num_workers: DataLoader workers.
             progress: Show progress bars and per-epoch lines.
+            overwrite: Replace the model directories at ``save_dir/best_model``/``epoch_N`` (else
+                refused before training starts). Inputs are never written over.
 
         Returns:
             The best evaluation metrics (empty when no ``eval_dataset``).
         """
-        if num_epochs < 0:
-            raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
+        save_dir = checks.check_train_call(self.source_dir, locals())  # numbers, datasets, outputs
         if sensitivities_file is not None:
             resolve_sensitivities(self.sensitivity_key, sensitivities_file)  # exists, or DEFAULT
             check_prune_options(
@@ -393,8 +396,6 @@ class BaseTask:
             )
         elif pruned_flops is not None:
             raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
         if pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
@@ -417,6 +418,7 @@ class BaseTask:
             warmup_steps,
             lr_decay_epochs,
         )
+        recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
         best = self._fit(
             loader,
             opt,
@@ -479,12 +481,12 @@ class BaseTask:
                     line += " " + " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
                     if not best or self.metrics[self.metric_name] > best[self.metric_name]:
                         best = dict(self.metrics)
-                        self.save(save_dir / "best_model")
-                self.save(save_dir / f"epoch_{epoch}")
+                        self.save(save_dir / "best_model", overwrite=True)  # checked in train()
+                self.save(save_dir / f"epoch_{epoch}", overwrite=True)
             if progress:
                 log(line)
         if eval_dataset is None or num_epochs == 0:
-            self.save(save_dir / "best_model")
+            self.save(save_dir / "best_model", overwrite=True)
         return best
 
     def _build_optimizer(
@@ -534,18 +536,18 @@ class BaseTask:
             info["pruning"] = self.prune_record.to_dict(self.metrics)
         return info
 
-    def save(self, save_dir: str | os.PathLike) -> Path:
+    def save(self, save_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model directory as one unit: weights, pruning plan (if pruned), ``model.yml``.
 
-        An existing model directory at ``save_dir`` is replaced whole (a kill never leaves a mix);
-        a directory holding other files is refused.
+        ``save_dir`` must be new or empty; a model directory there is replaced whole only with
+        ``overwrite=True``, other files never (see :mod:`slimkit._outputs`).
         """
         if self.net is None:
             raise ValueError(
                 "a Quant model has no torch weights to save; copy its directory instead"
             )
         save_dir = Path(save_dir)
-        with modeldir.writing(save_dir) as tmp:
+        with modeldir.writing(save_dir, overwrite) as tmp:
             modeldir.save_weights(self.net, tmp)
             if self.prune_plan is not None:
                 # torch-pruning is heavy: slimkit.prune loads only when a pruned model is saved

@@ -13,27 +13,37 @@ from slimkit.tasks.factory import task_class
 from slimkit.tasks.runtime import OrtRunner
 
 
-def build_task(info: dict[str, Any]) -> BaseTask:
-    """Create an (untrained) task object from a ``model.yml`` dict.
+def build_task(info: dict[str, Any], where: str = "model.yml") -> BaseTask:
+    """Create an (untrained) task object from a ``model.yml`` dict (checked by ``read_model_yml``).
 
     The object is of the class named in ``model_class`` (e.g. ``MobileNetV2``), built through the
     generic task constructor so that every saved argument is restored; missing ``mean``/``std``
     come from the architecture's spec.
+
+    Raises:
+        ValueError: the file's values do not build a model (unknown architecture or argument, a
+            width out of range, a network over the size limit); ``where`` names the file.
     """
     if is_model_def(str(info["architecture"])):  # a model defined outside slimkit
         register_model_def(info["architecture"], info["task"], info["input_size"])
     generic = task_class(info["task"])
     obj = object.__new__(task_class(info["task"], info.get("model_class")))
-    generic.__init__(
-        obj,
-        info["architecture"],
-        int(info["num_classes"]),
-        info["input_size"],
-        mean=info.get("mean"),
-        std=info.get("std"),
-        labels=info.get("labels"),
-        **info.get("model_kwargs", {}),
-    )
+    kwargs = info.get("model_kwargs", {})
+    try:
+        generic.__init__(
+            obj,
+            info["architecture"],
+            info["num_classes"],
+            info["input_size"],
+            mean=info.get("mean"),
+            std=info.get("std"),
+            labels=info.get("labels"),
+            **kwargs,
+        )
+    except (TypeError, ValueError, RuntimeError) as e:
+        # the file's values reach the model factories here (e.g. base_channels: -4)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{where}: cannot build the model it describes: {first}") from e
     obj.metrics = dict(info.get("metrics", {}))
     return obj
 
@@ -47,8 +57,9 @@ def load_model(model_dir: str | os.PathLike) -> BaseTask:
     """
     model_dir = Path(model_dir)
     info = modeldir.read_model_yml(model_dir)
-    model = build_task(info)
+    model = build_task(info, repr(str(model_dir / modeldir.MODEL_YML)))
     model.status = info["status"]
+    model.source_dir = model_dir
     if model.status == "Quant":
         onnx_path = model_dir / modeldir.ONNX_INT8
         if not onnx_path.is_file():
