@@ -129,7 +129,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             "does not fit",
         ),
         (["--model-def", "{code}:build"], "needs --num-classes"),
-        (["{data}", "--model-def", "{code}:build"], "one of them"),
+        (["{data}", "--model-def", "{code}:build"], "model.yml"),
+        ([], "give a model directory or --model-def"),
     ],
 )
 def test_model_def_errors_are_one_line(
@@ -140,3 +141,45 @@ def test_model_def_errors_are_one_line(
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("slimkit: error:") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_directory_saved_from_user_code_loads_only_when_trusted(
+    user: dict[str, Path], tmp_path: Path
+) -> None:
+    """model.yml names code and its arguments: a fresh process imports it only when told to."""
+    own = ["--model-def", f"{user['code']}:build", "--input-size", "32", "--num-classes", "4"]
+    out = tmp_path / "pruned"
+    args = ["--weights", str(user["st"]), "--ratios", "0.5", "--save-dir", str(out)]
+    assert run_cli("prune", *own, *args).returncode == 0
+    data = ["--data", str(user["data"])]
+    refused = run_cli("evaluate", str(out), *data)
+    assert refused.returncode == 2 and "defined outside slimkit" in refused.stderr
+    assert "--model-def" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    trusted = run_cli("evaluate", str(out), *data, "--model-def", f"{user['code']}:build")
+    assert trusted.returncode == 0, trusted.stderr
+    assert '"acc1"' in trusted.stdout
+    other = run_cli("evaluate", str(out), *data, "--model-def", "usernets:other")
+    assert other.returncode == 2 and "was saved from it" in other.stderr
+
+
+def test_a_crafted_model_yml_never_runs_its_code(tmp_path: Path) -> None:
+    """A model.yml naming arbitrary code with arguments (here: a shell command) is refused."""
+    import yaml
+
+    from slimkit.tasks.loading import build_task
+
+    marker = tmp_path / "ran"
+    info = {
+        "task": "cls",
+        "architecture": "subprocess:getoutput",
+        "num_classes": 2,
+        "input_size": [32, 32],
+        "model_kwargs": {"cmd": f"touch {marker}"},
+    }
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.yml").write_text(yaml.safe_dump(info))
+    with pytest.raises(ValueError, match="defined outside slimkit"):
+        build_task(info)
+    with pytest.raises(ValueError):
+        load_model(tmp_path / "m")
+    assert not marker.exists()

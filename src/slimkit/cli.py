@@ -32,6 +32,7 @@ from slimkit.tasks.base import BaseTask
 from slimkit.tasks.budget import PRUNE_MODES
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
+from slimkit.tasks.modeldir import read_model_yml
 
 USER_ERRORS = (ValueError, OSError, MemoryError)
 
@@ -180,13 +181,13 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    model = load_model(a.model_dir)
+    model = _load(a, a.model_dir)
     ds = open_split(model.task, a.data, a.split)
     print(json.dumps(model.evaluate(ds, batch_size=a.batch_size, progress=True)))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    model = load_model(a.model_dir)
+    model = _load(a, a.model_dir)
     for image in a.images:
         result = model.predict(image)
         if model.task == "seg":
@@ -200,16 +201,35 @@ def cmd_predict(a: argparse.Namespace) -> None:
         print(json.dumps({"image": str(image), "result": result}))
 
 
+def _trust_model_def(a: argparse.Namespace, model_dirs: list[str]) -> None:
+    """``--model-def`` next to model directories: the user trusts that definition, so the
+    directories saved from it may import it (``load_model`` refuses untrusted ones)."""
+    trusted = getattr(a, "model_def", None)
+    if trusted is None:
+        return
+    for model_dir in model_dirs:
+        info = read_model_yml(Path(model_dir))
+        if info["architecture"] == trusted:
+            register_model_def(trusted, info["task"], info["input_size"])
+            return
+    raise ValueError(f"--model-def {trusted}: none of {model_dirs} was saved from it")
+
+
+def _load(a: argparse.Namespace, model_dir: str) -> BaseTask:
+    _trust_model_def(a, [model_dir])
+    return load_model(model_dir)
+
+
 def _open_model(a: argparse.Namespace) -> tuple[BaseTask, Any]:
     """The model of a command (a model directory, or ``--model-def`` + ``--weights``) and, when
     the command has ``--data``, the dataset split it reads."""
-    if (a.model_dir is None) == (a.model_def is None):
-        raise ValueError("give a model directory or --model-def MODULE:FACTORY (one of them)")
+    if a.model_dir is None and a.model_def is None:
+        raise ValueError("give a model directory or --model-def MODULE:FACTORY")
     data = getattr(a, "data", None)
-    if a.model_def is None:
+    if a.model_dir is not None:
         if a.weights is not None:
             raise ValueError("--weights goes with --model-def; a model directory has its own")
-        model = load_model(a.model_dir)
+        model = _load(a, a.model_dir)
         return model, None if data is None else open_split(model.task, data, a.split)
     name = register_model_def(a.model_def, a.task, a.input_size)
     ds = None if data is None else open_split(a.task, data, a.split)
@@ -277,7 +297,7 @@ def cmd_merge(a: argparse.Namespace) -> None:
 
 def cmd_visualize(a: argparse.Namespace) -> None:
     paths = slim.visualize(
-        load_model(a.model_dir),
+        _load(a, a.model_dir),
         a.sensitivities,
         a.save_dir,
         eval_metric_loss=a.eval_metric_loss,
@@ -305,6 +325,7 @@ def cmd_quantize(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
+    _trust_model_def(a, a.model_dirs)
     run_bench(
         a.model_dirs,
         a.data,
@@ -404,15 +425,25 @@ def _add_train(sub: Subparsers) -> None:
 def _add_model_commands(sub: Subparsers) -> None:
     ev = _add(sub, "evaluate", cmd_evaluate, "evaluate a model directory")
     ev.add_argument("model_dir")
+    _add_trust(ev)
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", default="val")
     ev.add_argument("--batch-size", type=_POSITIVE, default=8)
 
     pr = _add(sub, "predict", cmd_predict, "predict images with a model directory")
     pr.add_argument("model_dir")
+    _add_trust(pr)
     pr.add_argument("images", nargs="+")
     pr.add_argument(
         "--threshold", type=_float(0.0, 1.0), default=0.3, help="det: minimum score shown"
+    )
+
+
+def _add_trust(parser: _Parser) -> None:
+    parser.add_argument(
+        "--model-def",
+        metavar="MODULE:FACTORY",
+        help="a directory saved from a model defined outside slimkit: import (trust) its code",
     )
 
 
@@ -420,7 +451,11 @@ def _add_model_def(parser: _Parser) -> None:
     """``MODEL_DIR`` or a model defined outside slimkit (``--model-def`` and friends)."""
     parser.add_argument("model_dir", nargs="?", help="a model directory (or use --model-def)")
     own = parser.add_argument_group("a model defined outside slimkit (instead of MODEL_DIR)")
-    own.add_argument("--model-def", metavar="MODULE:FACTORY", help="pkg.module:fn or file.py:fn")
+    own.add_argument(
+        "--model-def",
+        metavar="MODULE:FACTORY",
+        help="pkg.module:fn or file.py:fn (with MODEL_DIR: trust the code it was saved from)",
+    )
     own.add_argument("--weights", help="its weights: .safetensors or a torch.save'd state dict")
     own.add_argument("--task", choices=TASKS, default="cls", help="what its outputs are")
     own.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
@@ -460,6 +495,7 @@ def _add_pruning(sub: Subparsers) -> None:
 
     vi = _add(sub, "visualize", cmd_visualize, "plot sensitivities (budget and per-group curves)")
     vi.add_argument("model_dir")
+    _add_trust(vi)
     vi.add_argument("sensitivities")
     vi.add_argument("--save-dir", default=".")
     vi.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
@@ -489,6 +525,7 @@ def _algo_arg(text: str) -> str:
 def _add_bench_demo(sub: Subparsers) -> None:
     be = _add(sub, "bench", cmd_bench, "size, metric and latency table for model directories")
     be.add_argument("model_dirs", nargs="+")
+    _add_trust(be)
     be.add_argument("--data", required=True)
     be.add_argument("--split", default="val")
     be.add_argument("--names", help="comma-separated row names (default: directory names)")
