@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.prune import UnprunedGroupsWarning
 from slimkit.prune.sensitivity import analyze_sensitivity
 
 RATIOS = (0.25, 0.5, 0.75)
@@ -147,6 +148,8 @@ def analyze(model: nn.Module, data: list, **kw) -> dict:
     kw.setdefault("ratios", RATIOS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the fast path must not fall back to full evaluation
+        # groups discovery cannot prove are reported (and left out) before any evaluation
+        warnings.simplefilter("always", UnprunedGroupsWarning)
         return analyze_sensitivity(model, data, closeness, progress=False, **kw)
 
 

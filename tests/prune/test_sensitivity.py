@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -45,8 +46,13 @@ def test_fast_equals_naive(make) -> None:
     model = randomize_bn(make())
     data = make_data(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fast = analyze(model, data)
-    naive = analyze(model, data, fast=False)
+    # TinyTricky's `side` conv reads `a` but only its shape reaches the output: the graph never
+    # sees that consumer, so pruning `a.0` breaks the model; discovery leaves it out, loudly
+    unproven = pytest.warns(UnprunedGroupsWarning, match="a.0: pruning it breaks the model")
+    with unproven if make is TinyTricky else contextlib.nullcontext():
+        fast = analyze(model, data)
+    with unproven if make is TinyTricky else contextlib.nullcontext():
+        naive = analyze(model, data, fast=False)
     assert_same(fast, naive)
     assert len(fast) >= (1 if make is TinyTricky else 3)
     losses = [v for g in fast.values() for v in g.values()]
