@@ -125,6 +125,24 @@ def test_ort_entropy_algo_for_comparison(tmp_path, tiny_net, calib_batches):
     assert int8_kernel_ops(result.model_path)["QLinearConv"] == 3
 
 
+def test_ort_entropy_defaults_are_min_max_and_2048_bins_search(tmp_path, tiny_net, calib_batches):
+    # onnxruntime's Entropy at its defaults (128 bins for 128 quantized bins) has one candidate
+    # threshold: the whole range. The benchmark's "ORT Entropy" column is then min-max; 2048 bins
+    # (TensorRT's setting) make it search
+    ranges = {
+        algo: quantize(tiny_net, calib_batches, tmp_path / f"{algo}.onnx", {"algo": algo}).ranges
+        for algo in ("ort_minmax", "ort_entropy", "ort_entropy2048")
+    }
+    for name, pair in ranges["ort_minmax"].items():
+        assert ranges["ort_entropy"][name] == pytest.approx(pair)
+    narrower = 0
+    for name, (lo, hi) in ranges["ort_entropy2048"].items():
+        mm_lo, mm_hi = ranges["ort_minmax"][name]
+        assert max(-lo, hi) <= max(-mm_lo, mm_hi) * (1 + 1e-6)
+        narrower += max(-lo, hi) < 0.99 * max(-mm_lo, mm_hi)
+    assert narrower >= 1
+
+
 def test_eval_fn_reports_both_metrics(tmp_path, tiny_net, calib_batches):
     seen = []
 

@@ -396,10 +396,12 @@ def _correct_biases(
 def _ort_ranges(
     fp32_path: Path, batches: _Batches, input_names: list[str], op_types: list[str], algo: str
 ) -> dict[str, tuple[float, float]]:
-    """Ranges from onnxruntime's own calibrators (``algo="ort_entropy"`` / ``"ort_minmax"``)."""
+    """Ranges from onnxruntime's own calibrators (``algo="ort_entropy[2048]"`` / ``"ort_minmax"``)."""
     from .qdq import ort_calibrate
 
     feeds = (to_feed(b, input_names) for b in batches)
+    if algo == "ort_entropy2048":
+        return ort_calibrate(fp32_path, feeds, op_types, "entropy", num_bins=2048)
     return ort_calibrate(fp32_path, feeds, op_types, algo.removeprefix("ort_"))
 
 

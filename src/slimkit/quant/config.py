@@ -8,7 +8,15 @@ from typing import Any
 
 __all__ = ["ALGOS", "QuantConfig"]
 
-ALGOS = ("KL", "KL_plain", "minmax", "percentile", "ort_entropy", "ort_minmax")
+ALGOS = (
+    "KL",
+    "KL_plain",
+    "minmax",
+    "percentile",
+    "ort_entropy",
+    "ort_entropy2048",
+    "ort_minmax",
+)
 _ALGO_BY_KEY = {name.lower(): name for name in ALGOS}
 _ACTIVATION_TYPES = ("uint8", "int8")
 _DROP_TYPES = ("absolute", "relative")
@@ -23,7 +31,10 @@ class QuantConfig:
             `slimkit.quant.guarded.choose_range`: known bounds of bounded activations, else the
             best of guarded TensorRT-entropy / min-max / percentile by expected error, per side),
             ``"KL_plain"`` (the plain TensorRT search, symmetric), ``"minmax"``, ``"percentile"``,
-            or onnxruntime's own calibrators ``"ort_entropy"`` / ``"ort_minmax"`` (comparison).
+            or onnxruntime's own calibrators ``"ort_entropy"`` / ``"ort_minmax"`` (comparison;
+            ``"ort_entropy"`` at onnxruntime's defaults, 128 histogram bins for 128 quantized
+            bins, leaves a single candidate threshold and so gives min-max ranges;
+            ``"ort_entropy2048"`` is its entropy search over 2048 bins, TensorRT's setting).
         batch_num: Number of calibration batches used (the first ones of the iterable).
         num_bins: Bins of each streaming |x| histogram; a power of two (exact re-binning).
         num_levels: Quantization levels of the non-negative half for KL (128 for int8).

@@ -336,6 +336,7 @@ def ort_calibrate(
     feeds: Iterable[dict[str, np.ndarray]],
     op_types: Sequence[str] = (),
     method: str = "entropy",
+    num_bins: int | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Ranges from onnxruntime's own calibrator (for comparison with slimkit's searches).
 
@@ -344,6 +345,9 @@ def ort_calibrate(
         feeds: ORT feed dicts.
         op_types: Op types to calibrate (empty: all of `quantizable_op_types`).
         method: ``"entropy"``, ``"minmax"`` or ``"percentile"`` (onnxruntime's defaults).
+        num_bins: Histogram bins of ``"entropy"`` (None: onnxruntime's default, 128, which equals
+            its 128 quantized bins and so leaves one candidate: the min-max range). The search
+            keeps onnxruntime's 128 quantized bins.
 
     Returns:
         ``{tensor: (lo, hi)}``.
@@ -369,6 +373,7 @@ def ort_calibrate(
             list(op_types) or quantizable_op_types(),
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=methods[method],
+            extra_options={"num_bins": num_bins} if num_bins else {},
         )
         calibrator.collect_data(_Reader())
         data = calibrator.compute_data()
