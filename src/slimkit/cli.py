@@ -142,6 +142,7 @@ def cmd_datasets_make(a: argparse.Namespace) -> None:
         image_size=a.image_size,
         seed=a.seed,
         overwrite=a.overwrite,
+        classes=a.classes.split(",") if a.classes else None,
     )
     print(f"wrote the built-in {a.task} dataset to {a.dir}")
     for k, v in paths.items():
@@ -386,6 +387,9 @@ def _add_datasets(sub: Subparsers) -> None:
     mk.add_argument("--image-size", type=_int(32, MAX_INPUT_SIDE))
     mk.add_argument("--seed", type=_int(0), default=0)
     _add_overwrite(mk, "a dataset generated before in DIR")
+    mk.add_argument(
+        "--classes", help="comma-separated shape kinds (default: the task's; see PRETRAIN_CLASSES)"
+    )
 
 
 def _add_train(sub: Subparsers) -> None:
