@@ -168,6 +168,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         eval_dataset=eval_ds,
         learning_rate=a.lr,
         optimizer=a.optimizer,
+        warmup_steps=a.warmup_steps,
         save_dir=a.save_dir,
         pretrain_weights=a.pretrain,
         sensitivities_file=a.sensitivities,
@@ -398,8 +399,15 @@ def _add_train(sub: Subparsers) -> None:
     tr.add_argument("--data", required=True, help="dataset directory with train/val lists")
     tr.add_argument("--epochs", type=_int(0), default=10)
     tr.add_argument("--batch-size", type=_POSITIVE, default=32)
-    tr.add_argument("--lr", type=_float(0.0, low_open=True), default=0.025)
-    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    tr.add_argument(
+        "--lr",
+        type=_float(0.0, low_open=True),
+        help="peak learning rate (default: 2e-3 for adam, 0.025 for sgd)",
+    )
+    tr.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    tr.add_argument(
+        "--warmup-steps", type=_int(0), default=0, help="linear learning-rate warm-up steps"
+    )
     tr.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
     tr.add_argument("--width-mult", type=_float(0.0, 16.0, low_open=True))
     tr.add_argument("--base-channels", type=_int(1, 4096))
