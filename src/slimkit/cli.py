@@ -413,7 +413,11 @@ def _add_train(sub: Subparsers) -> None:
     tr.add_argument("--base-channels", type=_int(1, 4096))
     tr.add_argument("--save-dir", default="output")
     tr.add_argument("--save-interval", type=_POSITIVE, default=1)
-    tr.add_argument("--pretrain", help="model directory whose weights initialise training")
+    tr.add_argument(
+        "--pretrain",
+        help="model directory whose weights initialise training, or BUILTIN (slimkit's own "
+        "pretrained weights for the model and width, heads excluded)",
+    )
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
     tr.add_argument(

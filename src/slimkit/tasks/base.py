@@ -27,6 +27,7 @@ from slimkit.data import collate_fn
 from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
+from slimkit.models.pretrained import BUILTIN, load_builtin
 from slimkit.tasks import checks, modeldir
 from slimkit.tasks.budget import (
     PruneRecord,
@@ -361,7 +362,9 @@ class BaseTask:
             save_interval_epochs: Evaluate and save ``save_dir/epoch_N`` every this many epochs.
             log_interval_steps: Update the progress bar's loss every this many steps.
             save_dir: Output directory.
-            pretrain_weights: A model directory (Normal or Prune) whose weights initialise the net.
+            pretrain_weights: A model directory (Normal or Prune) whose weights initialise the net,
+                or ``"BUILTIN"``: slimkit's own pretrained weights for this architecture and width
+                (heads excluded; see ``slimkit.models.pretrained``).
             optimizer: ``"adam"`` (AdamW) or ``"sgd"`` (momentum 0.9). With ``"adam"`` the
                 weights of bias-free convolutions (all followed by BatchNorm, so scale-invariant)
                 take the same *relative* step whatever their scale (see ``slimkit.tasks.optim``).
@@ -398,7 +401,9 @@ class BaseTask:
             )
         elif pruned_flops is not None:
             raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
-        if pretrain_weights is not None:
+        if pretrain_weights is not None and str(pretrain_weights) == BUILTIN:
+            self.load_builtin_weights()
+        elif pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
             self.prune(
@@ -553,6 +558,24 @@ class BaseTask:
                 save_plan(self.prune_plan, tmp / modeldir.PLAN)
             modeldir.write_model_yml(tmp, self.info())
         return save_dir
+
+    def load_builtin_weights(self) -> dict[str, Any]:
+        """Initialise the net, heads aside, from slimkit's built-in pretrained weights.
+
+        Returns:
+            The manifest entry loaded (``file``, ``trained_on``, ``metrics``, ...).
+
+        Raises:
+            ValueError: This is not a fresh (Normal, FP32) model, or no built-in weights ship for
+                its architecture and options.
+        """
+        if self.net is None or self.status != "Normal":
+            raise ValueError(
+                f"built-in weights initialise a fresh model; this one is {self.status}"
+            )
+        entry = load_builtin(self.net, self.architecture, self.model_kwargs)
+        log(f"initialised from built-in weights {entry['file']} ({entry['trained_on']})")
+        return entry
 
     def load_weights_from(self, model_dir: str | os.PathLike) -> None:
         """Initialise this model's net from another model directory (plan re-applied when pruned)."""

@@ -14,6 +14,7 @@ import torch
 from slimkit._checks import MAX_INPUT_SIDE, MAX_PARAMS, check_float, check_int
 from slimkit._utils import as_hw
 from slimkit.models import create_model
+from slimkit.models.pretrained import BUILTIN
 from slimkit.tasks import modeldir
 from slimkit.tasks.optim import OPTIMIZERS
 
@@ -95,7 +96,8 @@ def check_train_call(source_dir: Path | None, args: Mapping[str, Any]) -> Path:
     check_dataset(args["train_dataset"], "train_dataset")
     if args["eval_dataset"] is not None:
         check_dataset(args["eval_dataset"], "eval_dataset")
-    sources = [source_dir, args["pretrain_weights"]]
+    pretrain = args["pretrain_weights"]
+    sources = [source_dir, None if str(pretrain) == BUILTIN else pretrain]
     sources += dataset_dirs(args["train_dataset"], args["eval_dataset"])
     if args["sensitivities_file"] is not None and str(args["sensitivities_file"]) != "DEFAULT":
         sources.append(args["sensitivities_file"])
