@@ -42,8 +42,8 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
