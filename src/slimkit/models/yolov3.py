@@ -54,11 +54,15 @@ class YoloDetBlock(nn.Module):
 
 
 def _parse_anchors(anchors: Sequence[Any] | None, input_size: tuple[int, int]) -> torch.Tensor:
-    """Return anchors as a float tensor ``[N, 2]`` of ``(w, h)`` pixels."""
+    """Return anchors as a float CPU tensor ``[N, 2]`` of ``(w, h)`` pixels.
+
+    On the CPU even under ``torch.device("meta")`` (the size check builds nets there): the values
+    are checked here, and a meta tensor has none.
+    """
     if anchors is None:
         scale = min(input_size) / 416
-        return torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32) * scale
-    flat = torch.as_tensor(anchors, dtype=torch.float32).flatten()
+        return torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32, device="cpu") * scale
+    flat = torch.as_tensor(anchors, dtype=torch.float32, device="cpu").flatten()
     if flat.numel() == 0 or flat.numel() % 2 or not bool((flat > 0).all()):
         raise ValueError(
             "anchors must be positive (w, h) pixel pairs, e.g. [[10, 13], [16, 30], ...] or "
