@@ -82,3 +82,29 @@ def test_every_shipped_file_loads_into_its_model(entry):
     net = create_model(entry["architecture"], num_classes=num_classes, **kwargs)
     assert load_builtin(net, entry["architecture"], entry["model_kwargs"]) == entry
     assert entry["metrics"] and all(v > 0.5 for v in entry["metrics"].values())
+
+
+def test_train_from_builtin_and_clear_errors(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from slimkit.cli import main
+    from slimkit.data.generate import make_dataset
+    from slimkit.models.pretrained import _package_dir
+    from slimkit.tasks.factory import create_task, open_split
+
+    make_dataset("cls", tmp_path / "data", num_train=4, num_val=4, image_size=32, seed=1)
+    ds = open_split("cls", tmp_path / "data", "train")
+    model = create_task("mobilenetv2", ds.num_classes, 32, width_mult=1.0)
+    model.train(0, ds, save_dir=tmp_path / "out", pretrain_weights="BUILTIN", progress=False)
+    shipped = load_file(str(_package_dir() / "mobilenetv2_w1.safetensors"))
+    state = model.net.state_dict()
+    assert all(torch.equal(state[k], v.float()) for k, v in shipped.items())
+    assert model.net.classifier.out_features == 4  # the head is the task's own
+    # no weights for this width: one clear line, exit 2, nothing written
+    code = main(
+        ["train", "--model", "mobilenetv2", "--width-mult", "0.5", "--data", str(tmp_path / "data"),
+         "--input-size", "32", "--epochs", "1", "--pretrain", "BUILTIN",
+         "--save-dir", str(tmp_path / "cli")]
+    )  # fmt: skip
+    assert code == 2 and "no built-in (BUILTIN) pretrained weights" in capsys.readouterr().err
+    assert not (tmp_path / "cli" / "best_model").exists()
