@@ -142,6 +142,7 @@ def cmd_datasets_make(a: argparse.Namespace) -> None:
         image_size=a.image_size,
         seed=a.seed,
         overwrite=a.overwrite,
+        classes=a.classes.split(",") if a.classes else None,
     )
     print(f"wrote the built-in {a.task} dataset to {a.dir}")
     for k, v in paths.items():
@@ -167,6 +168,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         eval_dataset=eval_ds,
         learning_rate=a.lr,
         optimizer=a.optimizer,
+        warmup_steps=a.warmup_steps,
         save_dir=a.save_dir,
         pretrain_weights=a.pretrain,
         sensitivities_file=a.sensitivities,
@@ -386,6 +388,9 @@ def _add_datasets(sub: Subparsers) -> None:
     mk.add_argument("--image-size", type=_int(32, MAX_INPUT_SIDE))
     mk.add_argument("--seed", type=_int(0), default=0)
     _add_overwrite(mk, "a dataset generated before in DIR")
+    mk.add_argument(
+        "--classes", help="comma-separated shape kinds (default: the task's; see PRETRAIN_CLASSES)"
+    )
 
 
 def _add_train(sub: Subparsers) -> None:
@@ -394,14 +399,25 @@ def _add_train(sub: Subparsers) -> None:
     tr.add_argument("--data", required=True, help="dataset directory with train/val lists")
     tr.add_argument("--epochs", type=_int(0), default=10)
     tr.add_argument("--batch-size", type=_POSITIVE, default=32)
-    tr.add_argument("--lr", type=_float(0.0, low_open=True), default=0.025)
-    tr.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    tr.add_argument(
+        "--lr",
+        type=_float(0.0, low_open=True),
+        help="peak learning rate (default: 2e-3 for adam, 0.025 for sgd)",
+    )
+    tr.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    tr.add_argument(
+        "--warmup-steps", type=_int(0), default=0, help="linear learning-rate warm-up steps"
+    )
     tr.add_argument("--input-size", type=_int(1, MAX_INPUT_SIDE), default=224)
     tr.add_argument("--width-mult", type=_float(0.0, 16.0, low_open=True))
     tr.add_argument("--base-channels", type=_int(1, 4096))
     tr.add_argument("--save-dir", default="output")
     tr.add_argument("--save-interval", type=_POSITIVE, default=1)
-    tr.add_argument("--pretrain", help="model directory whose weights initialise training")
+    tr.add_argument(
+        "--pretrain",
+        help="model directory whose weights initialise training, or BUILTIN (slimkit's own "
+        "pretrained weights for the model and width, heads excluded)",
+    )
     tr.add_argument("--sensitivities", help="sensitivity file (method 1) or DEFAULT (method 2)")
     tr.add_argument("--eval-metric-loss", type=_FRACTION, default=0.05)
     tr.add_argument(

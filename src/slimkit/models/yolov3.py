@@ -9,6 +9,7 @@ loss and NMS live in :meth:`YOLOv3.decode`, :meth:`YOLOv3.compute_loss` and
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +33,7 @@ _MAX_LOG_WH = 10.0  # clamp on tw/th before exp() when decoding, avoids inf boxe
 _BACKBONE_LEVELS = (2, 3, 4)  # feature levels with strides 8, 16, 32
 
 _LeakyReLU = functools.partial(nn.LeakyReLU, 0.1)
+_OBJ_PRIOR = 0.01  # initial objectness probability of every prediction
 
 
 class YoloDetBlock(nn.Module):
@@ -52,11 +54,15 @@ class YoloDetBlock(nn.Module):
 
 
 def _parse_anchors(anchors: Sequence[Any] | None, input_size: tuple[int, int]) -> torch.Tensor:
-    """Return anchors as a float tensor ``[N, 2]`` of ``(w, h)`` pixels."""
+    """Return anchors as a float CPU tensor ``[N, 2]`` of ``(w, h)`` pixels.
+
+    On the CPU even under ``torch.device("meta")`` (the size check builds nets there): the values
+    are checked here, and a meta tensor has none.
+    """
     if anchors is None:
         scale = min(input_size) / 416
-        return torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32) * scale
-    flat = torch.as_tensor(anchors, dtype=torch.float32).flatten()
+        return torch.tensor(DEFAULT_ANCHORS, dtype=torch.float32, device="cpu") * scale
+    flat = torch.as_tensor(anchors, dtype=torch.float32, device="cpu").flatten()
     if flat.numel() == 0 or flat.numel() % 2 or not bool((flat > 0).all()):
         raise ValueError(
             "anchors must be positive (w, h) pixel pairs, e.g. [[10, 13], [16, 30], ...] or "
@@ -168,9 +174,13 @@ class YOLOv3(nn.Module):
         self.heads = nn.ModuleList(heads)
         init_weights(self.yolo_blocks)
         init_weights(self.route_convs)
-        for head in heads:  # small outputs: ~0.5 probabilities at the start of training
+        for head, mask in zip(heads, self.anchor_masks, strict=True):
             nn.init.normal_(head.weight, 0.0, 0.01)
-            nn.init.zeros_(head.bias)  # type: ignore[arg-type]  # nn.Conv2d has one by default
+            bias = head.bias.detach().view(len(mask), 5 + self.num_classes)  # type: ignore[union-attr]
+            bias.zero_()
+            # objectness starts at the prior 0.01 (RetinaNet), not 0.5: otherwise the ~1000
+            # negative cells per image dominate the loss and the gradients of the first epochs
+            bias[:, 4] = math.log(_OBJ_PRIOR / (1 - _OBJ_PRIOR))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw head maps at strides 32, 16 and 8, each ``[B, A * (5 + C), H, W]``.

@@ -8,7 +8,6 @@ metric meter and the prediction post-processing.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ from slimkit.data import collate_fn
 from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
+from slimkit.models.pretrained import BUILTIN, load_builtin
 from slimkit.tasks import checks, modeldir
 from slimkit.tasks.budget import (
     PruneRecord,
@@ -38,6 +38,7 @@ from slimkit.tasks.budget import (
     report_final,
 )
 from slimkit.tasks.logging import log
+from slimkit.tasks.optim import DEFAULT_LR, build_optimizer
 from slimkit.tasks.pruning import prune_net, resolve_sensitivities
 from slimkit.tasks.runtime import OrtRunner
 
@@ -337,8 +338,8 @@ class BaseTask:
         log_interval_steps: int = 10,
         save_dir: str | os.PathLike = "output",
         pretrain_weights: str | os.PathLike | None = None,
-        optimizer: str = "sgd",
-        learning_rate: float = 0.025,
+        optimizer: str = "adam",
+        learning_rate: float | None = None,
         warmup_steps: int = 0,
         lr_decay_epochs: Sequence[int] | None = None,
         weight_decay: float = 4e-5,
@@ -361,9 +362,13 @@ class BaseTask:
             save_interval_epochs: Evaluate and save ``save_dir/epoch_N`` every this many epochs.
             log_interval_steps: Update the progress bar's loss every this many steps.
             save_dir: Output directory.
-            pretrain_weights: A model directory (Normal or Prune) whose weights initialise the net.
-            optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
-            learning_rate: Peak learning rate.
+            pretrain_weights: A model directory (Normal or Prune) whose weights initialise the net,
+                or ``"BUILTIN"``: slimkit's own pretrained weights for this architecture and width
+                (heads excluded; see ``slimkit.models.pretrained``).
+            optimizer: ``"adam"`` (AdamW) or ``"sgd"`` (momentum 0.9). With ``"adam"`` the
+                weights of bias-free convolutions (all followed by BatchNorm, so scale-invariant)
+                take the same *relative* step whatever their scale (see ``slimkit.tasks.optim``).
+            learning_rate: Peak learning rate (None: 2e-3 for adam, 0.025 for sgd).
             warmup_steps: Linear warm-up steps.
             lr_decay_epochs: Piecewise decay (×0.1) at these epochs; cosine decay when None.
             weight_decay: L2 weight decay.
@@ -396,7 +401,9 @@ class BaseTask:
             )
         elif pruned_flops is not None:
             raise ValueError("pruned_flops picks ratios from sensitivities_file; pass one")
-        if pretrain_weights is not None:
+        if pretrain_weights is not None and str(pretrain_weights) == BUILTIN:
+            self.load_builtin_weights()
+        elif pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
             self.prune(
@@ -411,7 +418,7 @@ class BaseTask:
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
         opt, sched = self._build_optimizer(
             optimizer,
-            learning_rate,
+            DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate,
             weight_decay,
             num_epochs,
             len(loader),
@@ -490,30 +497,25 @@ class BaseTask:
         return best
 
     def _build_optimizer(
-        self, name, lr, weight_decay, num_epochs, steps_per_epoch, warmup_steps, decay_epochs
+        self,
+        name: str,
+        lr: float,
+        weight_decay: float,
+        num_epochs: int,
+        steps_per_epoch: int,
+        warmup_steps: int,
+        decay_epochs: Sequence[int] | None,
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         assert self.net is not None
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        if name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=0.9, weight_decay=weight_decay
-            )
-        elif name == "adam":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        else:
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-        total = max(num_epochs * steps_per_epoch, 1)
-        milestones = [e * steps_per_epoch for e in (decay_epochs or [])]
-
-        def factor(step: int) -> float:
-            if step < warmup_steps:
-                return (step + 1) / warmup_steps
-            if decay_epochs:
-                return 0.1 ** sum(step >= m for m in milestones)
-            t = (step - warmup_steps) / max(total - warmup_steps, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return build_optimizer(
+            self.net,
+            name,
+            lr,
+            weight_decay,
+            total_steps=num_epochs * steps_per_epoch,
+            warmup_steps=warmup_steps,
+            milestones=[e * steps_per_epoch for e in (decay_epochs or [])],
+        )
 
     # -- saving / loading ------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -556,6 +558,24 @@ class BaseTask:
                 save_plan(self.prune_plan, tmp / modeldir.PLAN)
             modeldir.write_model_yml(tmp, self.info())
         return save_dir
+
+    def load_builtin_weights(self) -> dict[str, Any]:
+        """Initialise the net, heads aside, from slimkit's built-in pretrained weights.
+
+        Returns:
+            The manifest entry loaded (``file``, ``trained_on``, ``metrics``, ...).
+
+        Raises:
+            ValueError: This is not a fresh (Normal, FP32) model, or no built-in weights ship for
+                its architecture and options.
+        """
+        if self.net is None or self.status != "Normal":
+            raise ValueError(
+                f"built-in weights initialise a fresh model; this one is {self.status}"
+            )
+        entry = load_builtin(self.net, self.architecture, self.model_kwargs)
+        log(f"initialised from built-in weights {entry['file']} ({entry['trained_on']})")
+        return entry
 
     def load_weights_from(self, model_dir: str | os.PathLike) -> None:
         """Initialise this model's net from another model directory (plan re-applied when pruned)."""

@@ -14,7 +14,9 @@ import torch
 from slimkit._checks import MAX_INPUT_SIDE, MAX_PARAMS, check_float, check_int
 from slimkit._utils import as_hw
 from slimkit.models import create_model
+from slimkit.models.pretrained import BUILTIN
 from slimkit.tasks import modeldir
+from slimkit.tasks.optim import OPTIMIZERS
 
 MAX_EPOCHS = 1_000_000
 
@@ -89,10 +91,13 @@ def check_train_call(source_dir: Path | None, args: Mapping[str, Any]) -> Path:
         ``save_dir`` as a path.
     """
     check_train_args(*(args[k] for k in _TRAIN_NUMBERS))
+    if args["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {args['optimizer']!r}")
     check_dataset(args["train_dataset"], "train_dataset")
     if args["eval_dataset"] is not None:
         check_dataset(args["eval_dataset"], "eval_dataset")
-    sources = [source_dir, args["pretrain_weights"]]
+    pretrain = args["pretrain_weights"]
+    sources = [source_dir, None if str(pretrain) == BUILTIN else pretrain]
     sources += dataset_dirs(args["train_dataset"], args["eval_dataset"])
     if args["sensitivities_file"] is not None and str(args["sensitivities_file"]) != "DEFAULT":
         sources.append(args["sensitivities_file"])
@@ -127,7 +132,8 @@ def check_train_args(
     check_int(train_batch_size, "train_batch_size", 1)
     check_int(save_interval_epochs, "save_interval_epochs", 1)
     check_int(log_interval_steps, "log_interval_steps", 1)
-    check_float(learning_rate, "learning_rate", 0.0, low_open=True)
+    if learning_rate is not None:  # None: the optimizer's default (tasks.optim.DEFAULT_LR)
+        check_float(learning_rate, "learning_rate", 0.0, low_open=True)
     check_int(warmup_steps, "warmup_steps", 0)
     check_float(weight_decay, "weight_decay", 0.0)
     check_int(num_workers, "num_workers", 0)
