@@ -30,13 +30,13 @@ test-quick: $(STAMP)
 
 # ruff (lint + format) and mypy (config in pyproject.toml: strict on slimkit.prune and slimkit.quant)
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks tools
+	$(BIN)/ruff check --fix src tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
