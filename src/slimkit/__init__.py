@@ -21,3 +21,5 @@ from slimkit import slim as slim
 from slimkit.tasks.loading import load_model as load_model
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "cls", "datasets", "det", "load_model", "seg", "slim"]

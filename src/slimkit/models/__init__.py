@@ -10,3 +10,16 @@ from .mobilenetv1 import MobileNetV1 as MobileNetV1
 from .mobilenetv2 import MobileNetV2 as MobileNetV2
 from .unet import UNet as UNet
 from .yolov3 import YOLOv3 as YOLOv3
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "MobileNetV1",
+    "MobileNetV2",
+    "model_spec",
+    "ModelSpec",
+    "register_model",
+    "TASKS",
+    "UNet",
+    "YOLOv3",
+]

@@ -1,5 +1,9 @@
 """Structured channel pruning: coupled groups, criteria, pruning, JSON plans, sensitivity analysis."""
 
+from .counting import count_flops as count_flops
+from .counting import count_macs as count_macs
+from .counting import count_params as count_params
+from .counting import file_size as file_size
 from .criteria import CRITERIA as CRITERIA
 from .criteria import bn_scale_importance as bn_scale_importance
 from .criteria import fpgm_importance as fpgm_importance
@@ -24,3 +28,34 @@ from .sensitivity_file import load_sensitivities as load_sensitivities
 from .sensitivity_file import merge_sensitivities as merge_sensitivities
 from .verify import compare_pruned as compare_pruned
 from .verify import masked_model as masked_model
+
+__all__ = [
+    "analyze_sensitivity",
+    "apply_plan",
+    "bn_scale_importance",
+    "channel_groups",
+    "ChannelGroup",
+    "compare_pruned",
+    "compose_plans",
+    "count_flops",
+    "count_macs",
+    "count_params",
+    "CRITERIA",
+    "file_size",
+    "find_groups",
+    "fpgm_importance",
+    "get_ratios_by_loss",
+    "GroupReport",
+    "l1_importance",
+    "load_plan",
+    "load_sensitivities",
+    "masked_model",
+    "merge_sensitivities",
+    "prunable_groups",
+    "prune_model",
+    "PrunePlan",
+    "ratios_for_flops",
+    "resolve_ignore",
+    "save_plan",
+    "UnprunedGroupsWarning",
+]

@@ -13,3 +13,15 @@ from .ranges import kl_threshold as kl_threshold
 from .ranges import minmax_threshold as minmax_threshold
 from .ranges import percentile_threshold as percentile_threshold
 from .runtime import OrtModel as OrtModel
+
+__all__ = [
+    "check_onnx_matches_torch",
+    "export_onnx",
+    "kl_threshold",
+    "minmax_threshold",
+    "OrtModel",
+    "percentile_threshold",
+    "QuantConfig",
+    "quantize",
+    "QuantResult",
+]
