@@ -9,6 +9,8 @@ from .api import quantize as quantize
 from .config import QuantConfig as QuantConfig
 from .export import check_onnx_matches_torch as check_onnx_matches_torch
 from .export import export_onnx as export_onnx
+from .guarded import choose_range as choose_range
+from .guarded import guarded_kl_threshold as guarded_kl_threshold
 from .ranges import kl_threshold as kl_threshold
 from .ranges import minmax_threshold as minmax_threshold
 from .ranges import percentile_threshold as percentile_threshold
@@ -16,7 +18,9 @@ from .runtime import OrtModel as OrtModel
 
 __all__ = [
     "check_onnx_matches_torch",
+    "choose_range",
     "export_onnx",
+    "guarded_kl_threshold",
     "kl_threshold",
     "minmax_threshold",
     "OrtModel",
