@@ -1,7 +1,7 @@
 """The README's examples work as written.
 
 * Every ```python block runs (in a fresh namespace, in ``tmp_path``; the examples use tiny sizes). A
-  block whose first line is ``# name.py`` is a file of the example: it is written to ``tmp_path`` for
+  block whose first line is ``# name.py`` is a file of the example, written to ``tmp_path`` for
   the other blocks to import. A block preceded by ``<!-- skip-test: reason -->`` is not run (none is
   today; the reason must be given).
 * The examples import only public names: the ``__all__`` of ``slimkit``, ``slimkit.prune``,

@@ -255,7 +255,8 @@ class BaseTask:
                 ``ratios``, the sensitivity file's own criterion for ``sensitivities_file`` (another
                 criterion than the file's is a ``ValueError``).
             round_to: Kept channels of each group rounded up to a multiple of this (None: exact);
-                odd channel counts can run slower than the original (README, "Round pruned ...").
+                odd channel counts can run slower than the original (docs/benchmarks.md, "Round
+                pruned ...").
             log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
             verify: Raise if a pruned group differs from the original with the same channels
                 zeroed (else such groups are left unpruned with a warning); ratios only.

@@ -46,7 +46,8 @@ from slimkit.tasks.pruning import (
 
 PRUNE_MODES = ("budget", "per_group")
 # the combined model's relative loss before fine-tuning may be at most
-# min(LOSS_FACTOR × eval_metric_loss, LOSS_CAP); measured in README "Keeping the budget"
+# min(LOSS_FACTOR × eval_metric_loss, LOSS_CAP); the rule: README "Keeping the budget"; the
+# measurements behind the numbers: docs/benchmarks.md
 LOSS_FACTOR = 3.0
 LOSS_CAP = 0.5
 BISECTION_STEPS = 5  # scale resolution 1/32: at most 1 + 5 evaluations of a pruned model
