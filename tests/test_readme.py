@@ -125,6 +125,19 @@ def test_examples_import_public_names_only(block: Block):
         assert name is None or name in public, f"README.md:{block.line}: {module}.{name}"
 
 
+def test_the_text_names_public_paths():
+    """`slimkit.prune.x` and the like in the prose name exported things, not private modules."""
+    packages = "|".join(re.escape(p.split(".")[1]) for p in PUBLIC[1:])
+    named = re.findall(rf"(?<![\w/.])slimkit\.({packages})\.(\w+)", README.read_text())
+    assert len(named) > 5
+    private = sorted(
+        f"slimkit.{pkg}.{name}"
+        for pkg, name in set(named)
+        if name not in importlib.import_module(f"slimkit.{pkg}").__all__
+    )
+    assert private == []
+
+
 def test_the_public_modules_define_what_they_export():
     for module in PUBLIC:
         package = importlib.import_module(module)

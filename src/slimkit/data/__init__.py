@@ -7,6 +7,7 @@ from .classification import ImageNet as ImageNet
 from .coco import CocoDetection as CocoDetection
 from .collate import collate_fn as collate_fn
 from .detection import VOCDetection as VOCDetection
+from .generate import PRETRAIN_CLASSES as PRETRAIN_CLASSES
 from .generate import make_dataset as make_dataset
 from .segmentation import SegDataset as SegDataset
 from .transforms import default_transforms as default_transforms
@@ -16,6 +17,7 @@ __all__ = [
     "DatasetError",
     "ImageFolder",
     "ImageNet",
+    "PRETRAIN_CLASSES",
     "SegDataset",
     "VOCDetection",
     "collate_fn",
