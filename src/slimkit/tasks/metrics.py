@@ -119,6 +119,15 @@ class ClassificationMeter:
             self.correct[k] += c
         self.total += total
 
+    def merge(self, other: ClassificationMeter) -> None:
+        """Adds the samples ``other`` saw (another process's share of the set): correct counts
+        and totals add up, so the merged accuracy is the one over both shares."""
+        if other.ks != self.ks:
+            raise ValueError(f"cannot merge a meter of ks={other.ks} into one of ks={self.ks}")
+        for k in self.ks:
+            self.correct[k] += other.correct[k]
+        self.total += other.total
+
     def compute(self) -> dict[str, float]:
         """Returns ``{"acc1": ..., "acc5": ...}`` over every sample seen."""
         if self.total == 0:
@@ -276,6 +285,19 @@ class VOCMeter:
         self._gts.append((gtb, gtl, gtd))
         for box, score, label in zip(boxes, scores, labels, strict=True):
             self._dets[label].append((float(score), image, box))
+
+    def merge(self, other: VOCMeter) -> None:
+        """Appends the images ``other`` saw after this meter's own, in their order.
+
+        Merging the meters of consecutive slices of a set in slice order reproduces the meter
+        that saw the whole set (the same images in the same order, so even score ties rank alike).
+        """
+        if (other.num_classes, other.iou_threshold) != (self.num_classes, self.iou_threshold):
+            raise ValueError("cannot merge VOC meters of other classes or IoU threshold")
+        offset = len(self._gts)
+        self._gts.extend(other._gts)
+        for mine, theirs in zip(self._dets, other._dets, strict=True):
+            mine.extend((score, image + offset, box) for score, image, box in theirs)
 
     def _class_ap(self, cls: int) -> float:
         """AP of one class, or NaN when it has no non-difficult gt."""
@@ -490,6 +512,15 @@ class SegMeter:
                 )
         n = self.num_classes
         self.confusion += np.bincount(tgt * n + prd, minlength=n * n).reshape(n, n)
+
+    def merge(self, other: SegMeter) -> None:
+        """Adds the pixels ``other`` saw: confusion matrices add up (IoU's sufficient statistics)."""
+        if other.confusion.shape != self.confusion.shape:
+            raise ValueError(
+                f"cannot merge a meter of {other.num_classes} classes into one of "
+                f"{self.num_classes}"
+            )
+        self.confusion += other.confusion
 
     def compute(self) -> dict[str, Any]:
         """Returns ``{"miou": float, "per_class_iou": list[float], "pixel_acc": float}``."""
