@@ -30,6 +30,7 @@ from slimkit.prune import CRITERIA, merge_sensitivities
 from slimkit.quant.config import ALGOS
 from slimkit.tasks.base import BaseTask
 from slimkit.tasks.budget import PRUNE_MODES
+from slimkit.tasks.distributed import is_main
 from slimkit.tasks.factory import create_task, open_split, task_of
 from slimkit.tasks.loading import load_model
 from slimkit.tasks.modeldir import read_model_yml
@@ -179,7 +180,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         save_interval_epochs=a.save_interval,
         overwrite=a.overwrite,
     )
-    print(f"best model: {Path(a.save_dir) / 'best_model'} " + json.dumps(best))
+    if is_main():  # under torchrun, rank 0 speaks for the job
+        print(f"best model: {Path(a.save_dir) / 'best_model'} " + json.dumps(best))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -276,7 +278,8 @@ def cmd_analyze(a: argparse.Namespace) -> None:
         restart=a.restart,
         criterion=a.criterion,
     )
-    print(f"sensitivities written to {a.save_file}")
+    if is_main():
+        print(f"sensitivities written to {a.save_file}")
 
 
 def _not_sensitivities(path: Path) -> list[str]:

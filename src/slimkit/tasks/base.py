@@ -8,6 +8,7 @@ metric meter and the prediction post-processing.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from slimkit.data._base import read_image
 from slimkit.data.transforms import default_transforms
 from slimkit.models import ModelSpec, create_model, model_spec
 from slimkit.models.pretrained import BUILTIN, load_builtin
-from slimkit.tasks import checks, modeldir
+from slimkit.tasks import checks, distributed, modeldir
 from slimkit.tasks.budget import (
     PruneRecord,
     adaptive_bn,
@@ -329,6 +330,7 @@ class BaseTask:
         return dict(chosen.ratios)
 
     # -- training ------------------------------------------------------------------------------
+    @distributed.in_job  # under torchrun: DDP, sharded data, rank-0 outputs (tasks/distributed.py)
     def train(
         self,
         num_epochs: int,
@@ -407,7 +409,8 @@ class BaseTask:
         elif pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
         if sensitivities_file is not None:
-            self.prune(
+            prune = functools.partial(
+                self.prune,
                 sensitivities_file=sensitivities_file,
                 eval_metric_loss=eval_metric_loss,
                 prune_mode=prune_mode,
@@ -416,7 +419,8 @@ class BaseTask:
                 bn_dataset=train_dataset,
                 round_to=prune_round_to,
             )
-        loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
+            distributed.prune_on_main(self, prune)  # rank 0 prunes, the others follow its plan
+        loader = distributed.train_loader(self, train_dataset, train_batch_size, num_workers)
         opt, sched = self._build_optimizer(
             optimizer,
             DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate,
@@ -426,7 +430,8 @@ class BaseTask:
             warmup_steps,
             lr_decay_epochs,
         )
-        recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
+        if distributed.is_main():
+            recover_all(save_dir)  # leftovers of a killed run: finish its swaps, delete its temps
         best = self._fit(
             loader,
             opt,
@@ -436,9 +441,9 @@ class BaseTask:
             save_interval_epochs,
             log_interval_steps,
             save_dir,
-            progress,
+            progress and distributed.is_main(),
         )
-        if sensitivities_file is not None and self.prune_record is not None:
+        if sensitivities_file is not None and self.prune_record and distributed.is_main():
             report_final(self.prune_record, best or self.metrics, log)
         return best
 
@@ -456,45 +461,49 @@ class BaseTask:
     ) -> dict[str, float]:
         assert self.net is not None
         self.net.to(self.device)
+        net, save = distributed.wrap(self.net, self.device), distributed.on_main(self.save)
         best: dict[str, float] = {}
         for epoch in range(1, num_epochs + 1):
-            self.net.train()
+            net.train()
+            distributed.set_epoch(loader, epoch)
             start, running = time.time(), 0.0
             bar = tqdm(
                 loader, desc=f"epoch {epoch}/{num_epochs}", disable=not progress, leave=False
             )
             for step, (images, targets) in enumerate(bar, 1):
-                loss = self.compute_loss(self.net(images.to(self.device)), targets)
-                if not torch.isfinite(loss):
+                loss = self.compute_loss(net(images.to(self.device)), targets)
+                value = distributed.mean_loss(loss)  # over the ranks: all stop together
+                if not torch.isfinite(value):
                     raise RuntimeError(
-                        f"loss became {loss.item()} at epoch {epoch} step {step}; "
+                        f"loss became {value.item()} at epoch {epoch} step {step}; "
                         "lower the learning rate"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                running += loss.item()
+                running += value.item()
                 if step % log_interval == 0 or step == len(loader):
                     bar.set_postfix(
                         loss=f"{running / step:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}"
                     )
+            distributed.sync_buffers(self.net)  # every rank: rank 0's BN statistics
             line = (
                 f"epoch {epoch}/{num_epochs} loss {running / max(len(loader), 1):.4f} "
                 f"time {time.time() - start:.1f}s"
             )
             if epoch % save_interval == 0 or epoch == num_epochs:
                 if eval_dataset is not None:
-                    self.metrics = self.evaluate(eval_dataset)
+                    self.metrics = distributed.evaluate(self, eval_dataset)
                     line += " " + " ".join(f"{k} {v:.4f}" for k, v in self.metrics.items())
                     if not best or self.metrics[self.metric_name] > best[self.metric_name]:
                         best = dict(self.metrics)
-                        self.save(save_dir / "best_model", overwrite=True)  # checked in train()
-                self.save(save_dir / f"epoch_{epoch}", overwrite=True)
+                        save(save_dir / "best_model", overwrite=True)  # checked in train()
+                save(save_dir / f"epoch_{epoch}", overwrite=True)
             if progress:
                 log(line)
         if eval_dataset is None or num_epochs == 0:
-            self.save(save_dir / "best_model", overwrite=True)
+            save(save_dir / "best_model", overwrite=True)
         return best
 
     def _build_optimizer(
