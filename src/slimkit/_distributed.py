@@ -1,13 +1,17 @@
 """torch.distributed for slimkit's long jobs: one helper to join the job ``torchrun`` started.
 
 ``torchrun --nproc_per_node N [--nnodes M ...]`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
-the rendezvous address in each process's environment; :func:`process_group` reads them, starts
-the default process group (gloo for CPU work, nccl for CUDA) unless the caller already did, and
-ends it again. Outside torchrun everything here is a no-op for a world of one.
+the rendezvous address in each process's environment; :func:`process_group` reads them and starts
+the default process group (gloo for CPU work, nccl for CUDA) unless the caller already did. The
+group then lives until the process exits, so later calls (an analysis, then training) reuse it:
+destroying and starting a group again in one job races with the other ranks' rendezvous (a rank
+can reach the old group's closed sockets). Outside torchrun everything here is a no-op for a world
+of one.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -48,8 +52,8 @@ def process_group(device: torch.device | None = None) -> Iterator[tuple[int, int
     """Join the job for a ``with`` block; yields ``(rank, world_size)``.
 
     Starts the default process group when the environment describes a job of more than one
-    process and none is running (nccl when ``device`` is CUDA, else gloo), and destroys it on
-    exit; a group the caller started is used as it is.
+    process and none is running (nccl when ``device`` is CUDA, else gloo); it is destroyed when
+    the process exits (module docstring). A group the caller started is used as it is.
     """
     rank, size = world()
     if size == 1 or dist.is_initialized():
@@ -61,9 +65,12 @@ def process_group(device: torch.device | None = None) -> Iterator[tuple[int, int
     if device is not None and cuda:
         torch.cuda.set_device(device if device.index is not None else _env_int("LOCAL_RANK", 0))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    try:
-        yield dist.get_rank(), dist.get_world_size()
-    finally:
+    atexit.register(_destroy)
+    yield dist.get_rank(), dist.get_world_size()
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

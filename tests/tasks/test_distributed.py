@@ -28,12 +28,12 @@ from slimkit.tasks.metrics import ClassificationMeter, SegMeter, VOCMeter
 
 WORKER = textwrap.dedent(
     """
-    import hashlib, json, sys, torch
+    import hashlib, json, os, sys, torch
     import slimkit
-    from slimkit._distributed import process_group
     from slimkit.tasks.factory import open_split
 
     out, cls_data, seg_data, sens = sys.argv[1:5]
+    rank = int(os.environ["RANK"])
 
     def digest(net):
         h = hashlib.sha256()
@@ -41,25 +41,25 @@ WORKER = textwrap.dedent(
             h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
-    with process_group() as (rank, size):  # one group for all three calls
-        torch.manual_seed(rank)  # different initial weights: DDP must copy rank 0's
-        result = {"size": size}
-        train, val = open_split("cls", cls_data, "train"), open_split("cls", cls_data, "val")
-        cls = slimkit.cls.MobileNetV2(train.num_classes, input_size=32, width_mult=0.25)
-        try:
-            cls.train(1, train, train_batch_size=7, save_dir=out + "/odd", progress=False)
-        except ValueError as e:
-            result["odd"] = str(e)
-        result["cls"] = cls.train(1, train, train_batch_size=8, eval_dataset=val,
-                                  learning_rate=0.05, save_dir=out + "/cls", progress=False)
-        result["cls_digest"] = digest(cls.net)
-        train, val = open_split("seg", seg_data, "train"), open_split("seg", seg_data, "val")
-        seg = slimkit.seg.UNet(train.num_classes, input_size=32, base_channels=8, depth=2)
-        result["seg"] = seg.train(1, train, train_batch_size=4, eval_dataset=val,
-                                  sensitivities_file=sens, prune_mode="per_group",
-                                  eval_metric_loss=0.2, prune_round_to=None,
-                                  save_dir=out + "/seg", progress=False)
-        result["seg_status"], result["seg_digest"] = seg.status, digest(seg.net)
+    # three calls in one job: the process group the first one starts serves the others
+    torch.manual_seed(rank)  # different initial weights: DDP must copy rank 0's
+    result = {"size": int(os.environ["WORLD_SIZE"])}
+    train, val = open_split("cls", cls_data, "train"), open_split("cls", cls_data, "val")
+    cls = slimkit.cls.MobileNetV2(train.num_classes, input_size=32, width_mult=0.25)
+    try:
+        cls.train(1, train, train_batch_size=7, save_dir=out + "/odd", progress=False)
+    except ValueError as e:
+        result["odd"] = str(e)
+    result["cls"] = cls.train(1, train, train_batch_size=8, eval_dataset=val,
+                              learning_rate=0.05, save_dir=out + "/cls", progress=False)
+    result["cls_digest"] = digest(cls.net)
+    train, val = open_split("seg", seg_data, "train"), open_split("seg", seg_data, "val")
+    seg = slimkit.seg.UNet(train.num_classes, input_size=32, base_channels=8, depth=2)
+    result["seg"] = seg.train(1, train, train_batch_size=4, eval_dataset=val,
+                              sensitivities_file=sens, prune_mode="per_group",
+                              eval_metric_loss=0.2, prune_round_to=None,
+                              save_dir=out + "/seg", progress=False)
+    result["seg_status"], result["seg_digest"] = seg.status, digest(seg.net)
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(result, f)
     """
