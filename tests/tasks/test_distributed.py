@@ -151,6 +151,22 @@ def test_ddp_fine_tuning_after_pruning(job: dict[str, Any]) -> None:
     assert alone == r0["seg"] == r1["seg"]
 
 
+def test_cli_train_under_torchrun_speaks_once(job: dict[str, Any], tmp_path: Path) -> None:
+    """``torchrun ... -m slimkit.cli train``: one final line (rank 0's), one model directory."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    command += ["2", "-m", "slimkit.cli", "train", "--model", "mobilenetv2", "--data"]
+    command += [str(job["cls"]), "--input-size", "32", "--width-mult", "0.25", "--epochs", "1"]
+    command += ["--batch-size", "8", "--save-dir", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("best model: ")]
+    assert len(lines) == 1 and json.loads(lines[0].split(" ", 3)[3]) == yaml_metrics(
+        tmp_path / "out" / "best_model"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best_model", "epoch_1"]
+
+
 def yaml_metrics(model_dir: Path) -> dict[str, float]:
     from slimkit.tasks.modeldir import read_model_yml
 

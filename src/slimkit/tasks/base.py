@@ -360,7 +360,7 @@ class BaseTask:
         Args:
             num_epochs: Passes over ``train_dataset``.
             train_dataset: A slimkit dataset of this task (its transforms, or the task defaults).
-            train_batch_size: Batch size.
+            train_batch_size: Batch size (under torchrun the global batch, split over the ranks).
             eval_dataset: Evaluated every ``save_interval_epochs``; keeps ``save_dir/best_model``.
             save_interval_epochs: Evaluate and save ``save_dir/epoch_N`` every this many epochs.
             log_interval_steps: Update the progress bar's loss every this many steps.
