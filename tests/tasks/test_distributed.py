@@ -30,6 +30,7 @@ WORKER = textwrap.dedent(
     """
     import hashlib, json, os, sys, torch
     import slimkit
+    from slimkit.tasks import distributed
     from slimkit.tasks.factory import open_split
 
     out, cls_data, seg_data, sens = sys.argv[1:5]
@@ -53,6 +54,10 @@ WORKER = textwrap.dedent(
     result["cls"] = cls.train(1, train, train_batch_size=8, eval_dataset=val,
                               learning_rate=0.05, save_dir=out + "/cls", progress=False)
     result["cls_digest"] = digest(cls.net)
+    calls, plain = [], cls.evaluate  # an evaluate of its own: rank 0 runs it, the rest receive
+    cls.evaluate = lambda ds, **kw: calls.append(1) or plain(ds, **kw)
+    result["own"] = distributed.evaluate(cls, val)
+    result["own_calls"] = len(calls)
     train, val = open_split("seg", seg_data, "train"), open_split("seg", seg_data, "val")
     seg = slimkit.seg.UNet(train.num_classes, input_size=32, base_channels=8, depth=2)
     result["seg"] = seg.train(1, train, train_batch_size=4, eval_dataset=val,
@@ -134,6 +139,7 @@ def test_ddp_training_saves_a_model_one_process_evaluates_alike(job: dict[str, A
     assert alone == r0["cls"]  # the 2 ranks' merged meter = one process on the whole set
     info = yaml_metrics(out / "cls" / "best_model")
     assert info == alone
+    assert r0["own"] == r1["own"] == alone and (r0["own_calls"], r1["own_calls"]) == (1, 0)
 
 
 def test_ddp_fine_tuning_after_pruning(job: dict[str, Any]) -> None:
@@ -234,6 +240,19 @@ def test_slices_cover_the_set_once_in_order() -> None:
     for n, size in ((5, 2), (21, 2), (1, 3), (0, 2), (10, 4)):
         joined = [i for r in range(size) for i in distributed._slice(n, r, size)]
         assert joined == list(range(n))
+
+
+def test_sharded_only_where_slimkit_owns_the_loop(tmp_path: Path) -> None:
+    model = slimkit.cls.MobileNetV2(num_classes=3, input_size=32, width_mult=0.25)
+    meter, plain = model.make_meter(), object()
+    assert distributed._shardable(model, meter, plain)
+
+    class Coco:
+        ann_file = "instances.json"
+
+    assert not distributed._shardable(model, meter, Coco())
+    model.evaluate = lambda ds, **kw: {"acc1": 1.0}  # type: ignore[method-assign]
+    assert not distributed._shardable(model, meter, plain)
 
 
 def test_one_process_is_unchanged(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ gloo on CPU, nccl when CUDA). Then:
 * **Evaluation**: rank *r* evaluates the *r*-th of N consecutive slices of the evaluation set and
   the meters are merged in rank order (:meth:`ClassificationMeter.merge` adds correct/total,
   :meth:`SegMeter.merge` the confusion matrix, :meth:`VOCMeter.merge` appends the images in
-  order), so every rank gets the metric one process computes on the whole set. A meter slimkit
-  cannot merge (COCO evaluation, a user's own meter) is computed on rank 0 alone and broadcast.
+  order), so every rank gets the metric one process computes on the whole set. What slimkit
+  cannot merge (COCO evaluation, a user's own meter or ``evaluate``) runs on rank 0 alone and its
+  metrics are broadcast.
 * **Outputs**: only rank 0 writes model directories, logs and shows progress.
 
 Outside torchrun (``WORLD_SIZE`` unset or 1) every function here does what one process did before.
@@ -218,6 +219,20 @@ def _shard_update(task: Any, meter: Any, dataset: Any, batch_size: int) -> None:
         meter.update(task._forward(images), targets)
 
 
+def _shardable(task: Any, meter: Any, dataset: Any) -> bool:
+    """Whether ``task.evaluate`` is slimkit's meter loop over a meter slimkit can merge (not a
+    subclass's or instance's own ``evaluate``, nor a COCO evaluation, nor a user's meter)."""
+    from slimkit.tasks.base import BaseTask  # imported here: base imports this module
+    from slimkit.tasks.detector import Detector
+
+    plain = "evaluate" not in vars(task) and type(task).evaluate in (
+        BaseTask.evaluate,
+        Detector.evaluate,
+    )
+    coco = hasattr(dataset, "ann_file")  # Detector.evaluate adds COCO AP on the whole set
+    return plain and not coco and isinstance(getattr(meter, "meter", None), MERGEABLE)
+
+
 def evaluate(task: Any, dataset: Any, batch_size: int = 8) -> dict[str, Any]:
     """``task.evaluate(dataset)``, the work shared by the ranks under torchrun (module docstring);
     every rank returns the same metrics."""
@@ -226,8 +241,7 @@ def evaluate(task: Any, dataset: Any, batch_size: int = 8) -> dict[str, Any]:
     if task.net is not None:
         task.net.to(task.device).eval()
     meter = task.make_meter()
-    coco = hasattr(dataset, "ann_file")  # Detector.evaluate adds COCO AP on the whole set
-    if coco or not isinstance(getattr(meter, "meter", None), MERGEABLE):
+    if not _shardable(task, meter, dataset):
         metrics = task.evaluate(dataset, batch_size=batch_size) if is_main() else None
         return _broadcast(metrics)
     _shard_update(task, meter, dataset, batch_size)
