@@ -52,7 +52,7 @@ WORKER = textwrap.dedent(
     except ValueError as e:
         result["odd"] = str(e)
     result["cls"] = cls.train(1, train, train_batch_size=8, eval_dataset=val,
-                              learning_rate=0.05, save_dir=out + "/cls", progress=False)
+                              save_dir=out + "/cls", progress=False)
     result["cls_digest"] = digest(cls.net)
     calls, plain = [], cls.evaluate  # an evaluate of its own: rank 0 runs it, the rest receive
     cls.evaluate = lambda ds, **kw: calls.append(1) or plain(ds, **kw)

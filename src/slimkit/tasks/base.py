@@ -408,6 +408,7 @@ class BaseTask:
             self.load_builtin_weights()
         elif pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
+        prune = None
         if sensitivities_file is not None:
             prune = functools.partial(
                 self.prune,
@@ -419,7 +420,7 @@ class BaseTask:
                 bn_dataset=train_dataset,
                 round_to=prune_round_to,
             )
-            distributed.prune_on_main(self, prune)  # rank 0 prunes, the others follow its plan
+        distributed.same_net(self, prune)  # rank 0 prunes; every rank starts from rank 0's net
         loader = distributed.train_loader(self, train_dataset, train_batch_size, num_workers)
         opt, sched = self._build_optimizer(
             optimizer,
@@ -487,7 +488,7 @@ class BaseTask:
                     bar.set_postfix(
                         loss=f"{running / step:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}"
                     )
-            distributed.sync_buffers(self.net)  # every rank: rank 0's BN statistics
+            distributed.sync_net(self.net)  # every rank: rank 0's BN statistics
             line = (
                 f"epoch {epoch}/{num_epochs} loss {running / max(len(loader), 1):.4f} "
                 f"time {time.time() - start:.1f}s"

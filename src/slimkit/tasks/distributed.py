@@ -5,8 +5,8 @@
 gloo on CPU, nccl when CUDA). Then:
 
 * **Pruning** (``sensitivities_file``) runs on rank 0 alone; it broadcasts the plan, status,
-  record and metrics, and every other rank rebuilds the same pruned architecture from the plan
-  before DDP wraps the net. DDP's start copies rank 0's weights and buffers to every rank.
+  record and metrics, and every other rank rebuilds the same pruned architecture from the plan.
+  Then every rank takes rank 0's weights and buffers, before the optimizer is built.
 * **Data**: ``train_batch_size`` is the *global* batch: each rank takes
   ``train_batch_size / world_size`` samples a step from its :class:`DistributedSampler` shard
   (reshuffled every epoch by ``set_epoch``), so the learning rate and steps per epoch mean what
@@ -46,9 +46,9 @@ __all__ = [
     "is_main",
     "mean_loss",
     "on_main",
-    "prune_on_main",
+    "same_net",
     "set_epoch",
-    "sync_buffers",
+    "sync_net",
     "train_loader",
     "wrap",
 ]
@@ -85,17 +85,27 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-def prune_on_main(task: Any, prune: Callable[[], Any]) -> None:
-    """Run ``prune()`` (which prunes ``task``) on rank 0 and give every rank its result.
+def same_net(task: Any, prune: Callable[[], Any] | None = None) -> None:
+    """Give every rank rank 0's net before training: pruned by ``prune()`` (if given) on rank 0
+    alone, and with rank 0's weights and buffers.
 
     The other ranks rebuild the pruned architecture from rank 0's plan (``apply_plan`` on a fresh
-    net); their weights are replaced by rank 0's when DDP wraps the net. An error on rank 0 is
-    raised on every rank.
+    net) and take its status, record and metrics. The weights must agree *before* the optimizer is
+    built (AdamW's per-tensor rates depend on them, ``tasks/optim.py``), not only once DDP wraps
+    the net. An error of ``prune()`` on rank 0 is raised on every rank.
     """
     rank, size = world()
     if size == 1:
-        prune()
+        if prune is not None:
+            prune()
         return
+    if prune is not None:
+        _prune_on_main(task, prune, rank)
+    task.net.to(task.device)  # nccl broadcasts CUDA tensors
+    sync_net(task.net)
+
+
+def _prune_on_main(task: Any, prune: Callable[[], Any], rank: int) -> None:
     state: tuple[str | None, Any] = (None, None)
     if rank == 0:
         try:
@@ -168,17 +178,17 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(net, device_ids=ids)
 
 
-def sync_buffers(net: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+def sync_net(net: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers (BatchNorm running statistics) to every rank.
 
-    DDP broadcasts them at the start of each training forward, so after an epoch's last step each
-    rank holds the statistics of its own last batch; this makes every rank's net rank 0's again
-    (what rank 0 saves) before evaluating or returning. No-op in one process.
+    DDP broadcasts the buffers at the start of each training forward, so after an epoch's last
+    step each rank holds the statistics of its own last batch; this makes every rank's net rank
+    0's again (what rank 0 saves) before evaluating or returning. No-op in one process.
     """
     if world()[1] == 1:
         return
-    for buffer in net.buffers():
-        dist.broadcast(buffer.data, src=0)
+    for tensor in net.state_dict().values():
+        dist.broadcast(tensor, src=0)
 
 
 def mean_loss(loss: torch.Tensor) -> torch.Tensor:
