@@ -178,6 +178,7 @@ class BaseTask:
         return float(meter.compute()[self.metric_name])
 
     # -- evaluation ----------------------------------------------------------------------------
+    @distributed.meter_loop  # ranks under torchrun may share it (tasks/distributed.py)
     @torch.inference_mode()
     def evaluate(self, eval_dataset: Any, batch_size: int = 8, progress: bool = False) -> dict:
         """Evaluate on a dataset; returns the task's metric dict (``acc1`` / ``bbox_map`` / ``miou``)."""

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from slimkit.models import create_model
+from slimkit.tasks import distributed
 from slimkit.tasks.base import BaseTask
 from slimkit.tasks.metrics import VOCMeter, coco_map
 
@@ -80,6 +81,7 @@ class Detector(BaseTask):
     def make_meter(self) -> _Meter:
         return _Meter(self)
 
+    @distributed.meter_loop
     @torch.inference_mode()
     def evaluate(self, eval_dataset: Any, batch_size: int = 8, progress: bool = False) -> dict:
         """VOC mAP@0.5 (``bbox_map``); for a ``CocoDetection`` dataset also COCO AP (pycocotools)."""

@@ -229,16 +229,21 @@ def _shard_update(task: Any, meter: Any, dataset: Any, batch_size: int) -> None:
         meter.update(task._forward(images), targets)
 
 
+def meter_loop(evaluate: F) -> F:
+    """Mark an ``evaluate`` method as slimkit's own meter loop, which ranks may share.
+
+    ``BaseTask.evaluate`` and ``Detector.evaluate`` carry the mark; a subclass that overrides
+    ``evaluate`` without it is evaluated on rank 0 alone.
+    """
+    evaluate.__dict__["_slimkit_meter_loop"] = True
+    return evaluate
+
+
 def _shardable(task: Any, meter: Any, dataset: Any) -> bool:
     """Whether ``task.evaluate`` is slimkit's meter loop over a meter slimkit can merge (not a
     subclass's or instance's own ``evaluate``, nor a COCO evaluation, nor a user's meter)."""
-    from slimkit.tasks.base import BaseTask  # imported here: base imports this module
-    from slimkit.tasks.detector import Detector
-
-    plain = "evaluate" not in vars(task) and type(task).evaluate in (
-        BaseTask.evaluate,
-        Detector.evaluate,
-    )
+    method = getattr(type(task), "evaluate", None)
+    plain = "evaluate" not in vars(task) and getattr(method, "_slimkit_meter_loop", False)
     coco = hasattr(dataset, "ann_file")  # Detector.evaluate adds COCO AP on the whole set
     return plain and not coco and isinstance(getattr(meter, "meter", None), MERGEABLE)
 
