@@ -123,6 +123,9 @@ class BaseTask:
         return self.net(images.to(self.device))
 
     # -- subclass hooks ----------------------------------------------------------------------
+    def prepare_training(self, train_dataset: Any) -> None:
+        """Called by ``train`` before the first step (the segmenter's class weights); no-op here."""
+
     def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         raise NotImplementedError
 
@@ -416,6 +419,7 @@ class BaseTask:
                 round_to=prune_round_to,
             )
         loader = self.make_loader(train_dataset, train_batch_size, True, num_workers)
+        self.prepare_training(train_dataset)
         opt, sched = self._build_optimizer(
             optimizer,
             DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate,
