@@ -98,6 +98,7 @@ def train_stage(
         warmup_steps=50,
         save_dir=save_dir,
         save_interval_epochs=max(stage.epochs // 4, 1),
+        overwrite=True,  # this tool's own stage, redone when a run was interrupted
     )
     print(f"{name}: {time.time() - start:.0f}s")
     return load_model(best)

@@ -124,6 +124,9 @@ class BaseTask:
         return self.net(images.to(self.device))
 
     # -- subclass hooks ----------------------------------------------------------------------
+    def prepare_training(self, train_dataset: Any) -> None:
+        """Called by ``train`` before the first step (the segmenter's class weights); no-op here."""
+
     def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         raise NotImplementedError
 
@@ -423,6 +426,7 @@ class BaseTask:
             )
         distributed.same_net(self, prune)  # rank 0 prunes; every rank starts from rank 0's net
         loader = distributed.train_loader(self, train_dataset, train_batch_size, num_workers)
+        self.prepare_training(train_dataset)
         opt, sched = self._build_optimizer(
             optimizer,
             DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate,

