@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/slimkit demo --out demo_output
 
 demo-quick: $(STAMP)
-	$(BIN)/slimkit demo --quick --out demo_output
+	$(BIN)/slimkit demo --quick --out demo_output_quick
 
 # everything, the slow kill -9 tests included (what CI runs)
 test: $(STAMP)
@@ -39,4 +39,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks tools
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output demo_output_quick .pytest_cache

@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from slimkit.cli import main
+from slimkit.demo import CONFIGS, prepare_data
 
 
 def test_quick_demo_runs_the_whole_workflow(tmp_path, capsys):
@@ -26,3 +29,12 @@ def test_quick_demo_runs_the_whole_workflow(tmp_path, capsys):
         assert f"# {task}:" in out
     assert learned >= 2  # cls and seg always get a positive metric
     assert "demo finished in" in out
+
+
+def test_demo_data_of_other_sizes_is_refused(tmp_path):
+    # a quick run's data in the folder of a full run would silently train on 16 images
+    quick = CONFIGS["seg"].quick()
+    train_ds, val_ds = prepare_data(quick, tmp_path / "seg")
+    assert (len(train_ds), len(val_ds)) == (quick.num_train, quick.num_val)
+    with pytest.raises(ValueError, match="16 train / 8 val images but this demo makes 600 / 100"):
+        prepare_data(CONFIGS["seg"], tmp_path / "seg")

@@ -140,7 +140,17 @@ def prepare_data(cfg: DemoConfig, data_dir: Path, seed: int = 0) -> tuple[Any, A
             image_size=cfg.image_size,
             seed=seed,
         )
-    return open_split(cfg.task, data_dir, "train"), open_split(cfg.task, data_dir, "val")
+    train_ds, val_ds = (
+        open_split(cfg.task, data_dir, "train"),
+        open_split(cfg.task, data_dir, "val"),
+    )
+    if (len(train_ds), len(val_ds)) != (cfg.num_train, cfg.num_val):
+        raise ValueError(
+            f"the demo data in {str(data_dir)!r} has {len(train_ds)} train / {len(val_ds)} val "
+            f"images but this demo makes {cfg.num_train} / {cfg.num_val} (an output folder of "
+            "another slimkit version or --quick run); choose another --out or delete that folder"
+        )
+    return train_ds, val_ds
 
 
 def _done(model_dir: Path) -> bool:
