@@ -105,10 +105,11 @@ CONFIGS: dict[str, DemoConfig] = {
         num_train=800,
         num_val=100,
         image_size=128,
-        epochs=25,
+        epochs=12,  # from BUILTIN: bbox_map 0.925 on 500 val images (seed 0)
         finetune_epochs=6,
         learning_rate=0.002,
         optimizer="adam",
+        pretrain_weights="BUILTIN",
         batch_size=16,
         loss_cap=0.3,
     ),
