@@ -57,8 +57,12 @@ def seg_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sens_file(tmp_path_factory) -> Path:
+    return _analyze(tmp_path_factory.mktemp("sens") / "unet.sensi.json")
+
+
+def _analyze(path: Path, **kw) -> Path:
+    """The sensitivity file of a fresh `_unet` under `shape_metric` at ratios 0.25/0.5/0.75."""
     model = _unet()
-    path = tmp_path_factory.mktemp("sens") / "unet.sensi.json"
     analyze_sensitivity(
         model.net,
         eval_fn=shape_metric,
@@ -68,6 +72,7 @@ def sens_file(tmp_path_factory) -> Path:
         progress=False,
         metric_name="miou",
         architecture=model.sensitivity_key,
+        **kw,
     )
     return path
 
@@ -258,19 +263,7 @@ def test_adaptive_bn_re_estimates_batchnorm_on_training_images():
 
 def test_sensitivity_file_criterion_is_used_and_checked(tmp_path):
     """A file analysed with fpgm prunes with fpgm by default; asking for l1 is an error."""
-    model = _unet()
-    path = tmp_path / "fpgm.sensi.json"
-    analyze_sensitivity(
-        model.net,
-        eval_fn=shape_metric,
-        example_inputs=model.example_inputs(),
-        ratios=(0.25, 0.5, 0.75),
-        save_file=path,
-        progress=False,
-        metric_name="miou",
-        architecture=model.sensitivity_key,
-        criterion="fpgm",
-    )
+    path = _analyze(tmp_path / "fpgm.sensi.json", criterion="fpgm")
     with pytest.raises(ValueError, match="analysed with criterion 'fpgm' but are used with 'l1'"):
         _unet().prune(
             sensitivities_file=path, eval_metric_loss=0.2, prune_mode="per_group", criterion="l1"
