@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from slimkit.data.generate import PRETRAIN_CLASSES, make_dataset
-from slimkit.demo import CONFIGS, DemoConfig
+from slimkit.data.generate import PRETRAIN_CLASSES
+from slimkit.demo import CONFIGS, DemoConfig, open_or_make
 from slimkit.models.pretrained import save_builtin
 from slimkit.tasks.base import BaseTask
-from slimkit.tasks.factory import create_task, open_split
+from slimkit.tasks.factory import create_task
 from slimkit.tasks.loading import load_model
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "slimkit" / "pretrained"
@@ -63,18 +63,15 @@ STAGES = {
 
 def dataset(stage: Stage, root: Path) -> tuple[Any, Any]:
     """Write (once) and open the pretraining set of a stage."""
-    folder = root / "data" / f"{stage.task}_{stage.image_size}"
-    if not (folder / "val_list.txt").is_file():
-        make_dataset(
-            stage.task,
-            folder,
-            num_train=stage.num_train,
-            num_val=stage.num_val,
-            image_size=stage.image_size,
-            seed=PRETRAIN_SEED,
-            classes=PRETRAIN_CLASSES,
-        )
-    return open_split(stage.task, folder, "train"), open_split(stage.task, folder, "val")
+    return open_or_make(
+        stage.task,
+        root / "data" / f"{stage.task}_{stage.image_size}",
+        num_train=stage.num_train,
+        num_val=stage.num_val,
+        image_size=stage.image_size,
+        seed=PRETRAIN_SEED,
+        classes=PRETRAIN_CLASSES,
+    )
 
 
 def train_stage(

@@ -130,20 +130,22 @@ CONFIGS: dict[str, DemoConfig] = {
 }
 
 
+def open_or_make(task: str, data_dir: Path, **make_kwargs: Any) -> tuple[Any, Any]:
+    """The train and val splits of a built-in dataset, written by ``make_dataset`` when missing."""
+    if not (data_dir / "val_list.txt").is_file():
+        make_dataset(task, data_dir, **make_kwargs)
+    return open_split(task, data_dir, "train"), open_split(task, data_dir, "val")
+
+
 def prepare_data(cfg: DemoConfig, data_dir: Path, seed: int = 0) -> tuple[Any, Any]:
     """Write (once) and open the built-in dataset of a task."""
-    if not (data_dir / "val_list.txt").is_file():
-        make_dataset(
-            cfg.task,
-            data_dir,
-            num_train=cfg.num_train,
-            num_val=cfg.num_val,
-            image_size=cfg.image_size,
-            seed=seed,
-        )
-    train_ds, val_ds = (
-        open_split(cfg.task, data_dir, "train"),
-        open_split(cfg.task, data_dir, "val"),
+    train_ds, val_ds = open_or_make(
+        cfg.task,
+        data_dir,
+        num_train=cfg.num_train,
+        num_val=cfg.num_val,
+        image_size=cfg.image_size,
+        seed=seed,
     )
     if (len(train_ds), len(val_ds)) != (cfg.num_train, cfg.num_val):
         raise ValueError(
