@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from slimkit.cli import main
 from slimkit.demo import CONFIGS, prepare_data
@@ -29,6 +30,41 @@ def test_quick_demo_runs_the_whole_workflow(tmp_path, capsys):
         assert f"# {task}:" in out
     assert learned >= 2  # cls and seg always get a positive metric
     assert "demo finished in" in out
+
+    # a second budget reuses the original and the analysis, and writes beside the first run
+    seg = tmp_path / "seg"
+    kept = {p: p.stat().st_mtime_ns for p in (seg / "original").rglob("*") if p.is_file()}
+    first = (seg / "method1" / "best_model" / "model.yml").read_text()
+    assert (
+        main(
+            [
+                "demo",
+                "--quick",
+                "--tasks",
+                "seg",
+                "--out",
+                str(tmp_path),
+                "--eval-metric-loss",
+                "0.05",
+            ]
+        )
+        == 0
+    )
+    record = yaml.safe_load((seg / "method1_loss0.05" / "best_model" / "model.yml").read_text())
+    assert record["pruning"]["eval_metric_loss"] == 0.05
+    assert (seg / "method1_loss0.05_int8" / "model.yml").is_file()
+    assert "method1 (loss 0.05)" in (seg / "bench_loss0.05" / "bench.md").read_text()
+    summary = json.loads((tmp_path / "summary_loss0.05.json").read_text())
+    assert summary["eval_metric_loss"] == {"seg": 0.05}
+    assert kept == {p: p.stat().st_mtime_ns for p in kept}  # the original is not redone
+    assert (seg / "method1" / "best_model" / "model.yml").read_text() == first
+
+
+def test_demo_budget_is_checked_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "o"), "--eval-metric-loss", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err == "slimkit: error: eval_metric_loss must be in (0, 1), got 1.5\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_demo_data_of_other_sizes_is_refused(tmp_path):

@@ -344,7 +344,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    run_demo(a.out, quick=a.quick, tasks=a.tasks.split(","))
+    run_demo(a.out, quick=a.quick, tasks=a.tasks.split(","), eval_metric_loss=a.eval_metric_loss)
 
 
 # -- parser ----------------------------------------------------------------------------------------
@@ -557,6 +557,12 @@ def _add_bench_demo(sub: Subparsers) -> None:
     de.add_argument("--out", default="demo_output")
     de.add_argument("--quick", action="store_true", help="tiny sizes and few steps (used by tests)")
     de.add_argument("--tasks", default="cls,det,seg")
+    de.add_argument(
+        "--eval-metric-loss",
+        type=float,
+        help="pruning budget of methods 1 and 2 (default 0.10); another budget reuses the "
+        "originals and writes method1_loss<budget>, ... beside them",
+    )
 
 
 def _parser() -> _Parser:

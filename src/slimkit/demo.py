@@ -5,7 +5,9 @@ pretrained weights, as PaddleX users start from ImageNet) → sensitivity analys
 sensitivities, ``eval_metric_loss``) → method 2 (built-in ``DEFAULT`` sensitivities) → INT8 of the
 original and of the method-1 model → a benchmark table (size, metric, latency) and plots. Every
 stage writes a model directory under ``out/<task>/`` and is skipped when re-run finds it; the
-seconds each stage took go to ``out/summary.json``.
+seconds each stage took go to ``out/summary.json``. A run at another ``eval_metric_loss`` than the
+default 0.10 reuses the originals and sensitivity files and writes its own pruned models, INT8
+models, benchmark and summary with a ``_loss<budget>`` suffix (``method1_loss0.05``, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from slimkit.tasks.factory import create_task, open_split
 from slimkit.tasks.loading import load_model
 from slimkit.tasks.logging import log
 from slimkit.tasks.modeldir import read_model_yml
+from slimkit.tasks.pruning import check_budget
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ class DemoConfig:
     eval_metric_loss: float = 0.10
     quant_batches: int = 10
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+    @property
+    def suffix(self) -> str:
+        """``""`` at the default budget, else ``_loss<budget>``: the outputs of this budget."""
+        default = DemoConfig.__dataclass_fields__["eval_metric_loss"].default
+        return "" if self.eval_metric_loss == default else f"_loss{self.eval_metric_loss:g}"
 
     def quick(self) -> DemoConfig:
         """A tiny variant (same architecture and width, so DEFAULT sensitivities still apply)."""
@@ -272,10 +281,11 @@ def _prune_rows(
     with _stage(times, "analysis"):
         sens = analyze(cfg, original, val_ds, out / "model.sensi.json")
     log(f"[{cfg.task}] 3/5 method 1 (own sensitivities) and method 2 (DEFAULT)")
+    m1, m2 = out / f"method1{cfg.suffix}", out / f"method2{cfg.suffix}"
     with _stage(times, "method1"):
-        method1 = prune_and_finetune(cfg, original, sens, train_ds, val_ds, out / "method1")
+        method1 = prune_and_finetune(cfg, original, sens, train_ds, val_ds, m1)
     with _stage(times, "method2"):
-        method2 = prune_and_finetune(cfg, original, "DEFAULT", train_ds, val_ds, out / "method2")
+        method2 = prune_and_finetune(cfg, original, "DEFAULT", train_ds, val_ds, m2)
     assert method1 is not None  # only method 2 (DEFAULT) is skipped, returning None
     rows = [(f"method1 (loss {cfg.eval_metric_loss})", method1)]
     if method2 is not None:
@@ -303,13 +313,14 @@ def run_task(cfg: DemoConfig, out: Path, data_root: Path) -> dict[str, Any]:
     with _stage(times, "int8"):
         rows.append(("original INT8", quantize(cfg, original, val_ds, out / "int8")))
         if len(rows) > 2:
-            rows.append(("method1 INT8", quantize(cfg, rows[1][1], val_ds, out / "method1_int8")))
+            m1_int8 = out / f"method1{cfg.suffix}_int8"
+            rows.append(("method1 INT8", quantize(cfg, rows[1][1], val_ds, m1_int8)))
     log(f"[{cfg.task}] 5/5 benchmark")
     with _stage(times, "bench"):
         result = run_bench(
             [str(d) for _, d in rows],
             str(data_root / cfg.task),
-            str(out / "bench"),
+            str(out / f"bench{cfg.suffix}"),
             names=[n for n, _ in rows],
             title=f"{cfg.task}: {cfg.architecture}",
             overwrite=True,  # the demo's own report, rewritten on every run
@@ -352,20 +363,29 @@ def run_demo(
     out: str | os.PathLike = "demo_output",
     quick: bool = False,
     tasks: list[str] | tuple[str, ...] = ("cls", "det", "seg"),
+    eval_metric_loss: float | None = None,
 ) -> dict[str, Any]:
-    """Run the workflow for ``tasks``; print and return the three benchmark tables."""
+    """Run the workflow for ``tasks``; print and return the three benchmark tables.
+
+    ``eval_metric_loss`` (default: each task's 0.10) is the pruning budget of methods 1 and 2.
+    """
     unknown = [t for t in tasks if t not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown demo task(s) {unknown}; choose from {sorted(CONFIGS)}")
+    if eval_metric_loss is not None:
+        check_budget(eval_metric_loss)
     out = Path(out)
-    start, results = time.time(), {}
+    start, results, configs = time.time(), {}, {}
     for task in tasks:
         cfg = CONFIGS[task].quick() if quick else CONFIGS[task]
+        if eval_metric_loss is not None:
+            cfg = replace(cfg, eval_metric_loss=eval_metric_loss)
+        configs[task] = cfg
         results[task] = run_task(cfg, out / task, out / "data")
 
     for task, res in results.items():
         print(f"\n## {task}\n\n{format_report(res)}")
-        for line in pruning_summary(res, CONFIGS[task].eval_metric_loss):
+        for line in pruning_summary(res, configs[task].eval_metric_loss):
             print(f"- {line}")
     total = time.time() - start
     print(f"\ndemo finished in {total / 60:.1f} min; outputs under {out}/")
@@ -373,7 +393,9 @@ def run_demo(
         "minutes": total / 60,
         "tasks": list(results),
         "stage_seconds": {t: r["times"] for t, r in results.items()},
-        "pruning": {t: pruning_summary(r, CONFIGS[t].eval_metric_loss) for t, r in results.items()},
+        "eval_metric_loss": {t: c.eval_metric_loss for t, c in configs.items()},
+        "pruning": {t: pruning_summary(r, configs[t].eval_metric_loss) for t, r in results.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    suffix = {c.suffix for c in configs.values()}.pop() if configs else ""
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     return results

@@ -7,6 +7,7 @@ per-group choice overshoots the budget by construction. The sensitivity file is
 measured with the real analysis on that same metric.
 """
 
+import copy
 import math
 import warnings
 from pathlib import Path
@@ -271,3 +272,90 @@ def test_sensitivity_file_criterion_is_used_and_checked(tmp_path):
     pruned = _unet()
     pruned.prune(sensitivities_file=path, eval_metric_loss=0.2, prune_mode="per_group")
     assert pruned.prune_plan is not None and pruned.prune_plan.criterion == "fpgm"
+
+
+# ------------------------------------------------------------------ the short fine-tune (probe)
+def _recovering(model: slimkit.tasks.BaseTask, kept: float) -> slimkit.tasks.BaseTask:
+    """Shape metric, but a net that went through the probe keeps only ``kept`` of its loss."""
+
+    def evaluate(dataset, **kw):
+        loss = 1 - shape_metric(model.net)
+        return {"miou": 1 - loss * (kept if getattr(model.net, "probed", False) else 1)}
+
+    model.evaluate = evaluate
+    return model
+
+
+def _mark(net: nn.Module) -> None:
+    net.probed = True  # stands for the short fine-tune: evaluate() above sees it
+
+
+def _pruned(sens_file: Path, kept: float, probe) -> slimkit.tasks.BaseTask:
+    """The tiny UNet pruned budget-true with ``probe``; the probe keeps ``kept`` of the loss."""
+    model = _recovering(_unet(), kept)
+    model.prune(
+        sensitivities_file=sens_file,
+        eval_metric_loss=BUDGET,
+        eval_dataset=[1],
+        round_to=None,
+        log_fn=lambda line: None,
+        finetune_probe=probe,
+    )
+    assert model.prune_record is not None
+    return model
+
+
+def test_short_finetune_rescues_a_candidate_over_the_limit(sens_file):
+    rescued = _pruned(sens_file, 0.1, _mark)
+    rec = rescued.prune_record
+    # the per-group choice, over the limit after BN re-estimation, is kept after the probe
+    assert rec.scale == 1 and rec.measured_loss > rec.loss_limit >= rec.probed_loss
+    assert rec.probed_loss == pytest.approx(0.1 * rec.measured_loss) and rec.probes == 1
+    assert getattr(rescued.net, "probed", False)  # the chosen net keeps its short fine-tune
+    assert rescued.info()["pruning"]["probed_loss"] == pytest.approx(rec.probed_loss, abs=1e-6)
+
+    plain = _pruned(sens_file, 1.0, None).prune_record  # judged after BN re-estimation only
+    useless = _pruned(sens_file, 1.0, _mark).prune_record  # a probe that wins nothing back
+    half = _pruned(sens_file, 0.5, _mark).prune_record
+    assert plain.probes == 0 and plain.probed_loss is None and 0 < plain.scale < 1
+    assert useless.scale == plain.scale and 1 <= useless.probes < useless.evaluations
+    assert plain.scale < half.scale < 1  # the more the probe recovers, the more is pruned
+    assert half.probed_loss is None or half.probed_loss <= half.loss_limit
+
+
+def test_short_finetune_is_the_training_loop_on_a_fixed_draw(tmp_path):
+    """The probe against a plain loop written out here: same batches, steps and schedule."""
+    import itertools
+
+    from slimkit.tasks.optim import build_optimizer
+    from slimkit.tasks.probe import short_finetune
+
+    make_dataset("cls", tmp_path, num_train=40, num_val=2, image_size=32, seed=1)
+    train_ds = open_split("cls", tmp_path, "train")
+    model = slimkit.cls.MobileNetV2(num_classes=4, input_size=32, width_mult=0.25)
+    original, candidate = model.net, copy.deepcopy(model.net)
+    reference = copy.deepcopy(candidate)
+
+    state = torch.get_rng_state()
+    short_finetune(model, train_ds, 8, "adam", 2e-3, 1e-4, steps=3)(candidate)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    assert model.net is original and not candidate.training
+
+    torch.manual_seed(0)
+    opt, sched = build_optimizer(reference, "adam", 2e-3, 1e-4, total_steps=3)
+    reference.train()
+    for images, targets in itertools.islice(model.make_loader(train_ds, 8, True), 3):
+        loss = model.compute_loss(reference(images), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    for a, b in zip(candidate.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(candidate.stem.conv.weight, original.stem.conv.weight)
+    # at most one epoch: five batches of eight, whatever steps says
+    capped = copy.deepcopy(original)
+    calls = []
+    model.compute_loss = lambda out, tgt: calls.append(1) or out.sum() * 0
+    short_finetune(model, train_ds, 8, "adam", 2e-3, 0.0, steps=100)(capped)
+    assert len(calls) == 5

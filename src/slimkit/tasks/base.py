@@ -40,6 +40,7 @@ from slimkit.tasks.budget import (
 )
 from slimkit.tasks.logging import log
 from slimkit.tasks.optim import DEFAULT_LR, build_optimizer
+from slimkit.tasks.probe import short_finetune
 from slimkit.tasks.pruning import prune_net, resolve_sensitivities
 from slimkit.tasks.runtime import OrtRunner
 
@@ -237,6 +238,7 @@ class BaseTask:
         round_to: int | None = 8,
         log_fn: Callable[[str], None] = log,
         verify: bool = False,
+        finetune_probe: Callable[[nn.Module], None] | None = None,
     ) -> float | dict[str, float]:
         """Physically prune ``net`` (keeping the most important channels); status becomes Prune.
 
@@ -265,6 +267,10 @@ class BaseTask:
             log_fn: Receives the log lines: groups, params and FLOPs before and after, losses.
             verify: Raise if a pruned group differs from the original with the same channels
                 zeroed (else such groups are left unpruned with a warning); ratios only.
+            finetune_probe: In ``budget`` mode, fine-tunes in place, briefly, a candidate whose
+                loss after BN re-estimation is over the limit, to judge it again
+                (``train`` passes ``slimkit.tasks.probe.short_finetune`` with its own settings);
+                None: candidates are judged after BN re-estimation only.
 
         Returns:
             The ratios applied (for ``sensitivities_file``, the chosen ``{group: ratio}``).
@@ -301,6 +307,7 @@ class BaseTask:
             (eval_dataset, bn_dataset),
             x,
             log_fn,
+            finetune_probe,
         )
 
     def _prune_by_sensitivities(
@@ -310,6 +317,7 @@ class BaseTask:
         datasets: tuple[Any, Any],
         x: torch.Tensor,
         log_fn: Callable[[str], None],
+        probe: Callable[[nn.Module], None] | None = None,
     ) -> dict[str, float]:
         """Method 1/2 pruning (see ``prune``); keeps the record written to ``model.yml``."""
         assert self.net is not None
@@ -326,6 +334,7 @@ class BaseTask:
             self.metric_name,
             log_fn,
             None if bn_dataset is None else adaptive_bn(self.make_loader(bn_dataset, 32, True)),
+            probe,
         )
         if chosen.ratios:
             self.net, self.prune_plan, self.status = chosen.net, chosen.plan, "Prune"
@@ -387,7 +396,9 @@ class BaseTask:
             eval_metric_loss: Budget of relative metric loss of the pruned model, in (0, 1).
             prune_mode: ``"budget"`` (default; needs ``eval_dataset``): the ratios are backed
                 off until the pruned model loses at most ``loss_limit(eval_metric_loss)``
-                before fine-tuning. ``"per_group"``: PaddleX's rule; see ``prune``.
+                after BN re-estimation or, failing that, after a short fine-tune (at most
+                ``slimkit.tasks.probe.PROBE_STEPS`` steps with these training settings; the
+                chosen model keeps it). ``"per_group"``: PaddleX's rule; see ``prune``.
             pruned_flops: Remove this fraction of the FLOPs (0.4 keeps 60 %) instead of choosing
                 by the loss budget (losses are reported and warned about, never backed off).
             prune_round_to: Kept channels of each pruned group rounded up to a multiple of this
@@ -412,6 +423,8 @@ class BaseTask:
             self.load_builtin_weights()
         elif pretrain_weights is not None:
             self.load_weights_from(pretrain_weights)
+        lr = DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate
+        self.prepare_training(train_dataset)  # before pruning: the short fine-tunes use it
         prune = None
         if sensitivities_file is not None:
             prune = functools.partial(
@@ -423,13 +436,15 @@ class BaseTask:
                 eval_dataset=eval_dataset,
                 bn_dataset=train_dataset,
                 round_to=prune_round_to,
+                finetune_probe=short_finetune(
+                    self, train_dataset, train_batch_size, optimizer, lr, weight_decay
+                ),
             )
         distributed.same_net(self, prune)  # rank 0 prunes; every rank starts from rank 0's net
         loader = distributed.train_loader(self, train_dataset, train_batch_size, num_workers)
-        self.prepare_training(train_dataset)
         opt, sched = self._build_optimizer(
             optimizer,
-            DEFAULT_LR.get(optimizer, 0.0) if learning_rate is None else learning_rate,
+            lr,
             weight_decay,
             num_epochs,
             len(loader),

@@ -189,6 +189,7 @@ class Candidate:
     before: tuple[int, int]
     after: tuple[int, int]
     metrics: dict[str, float] | None = None
+    probed: dict[str, float] | None = None  # metrics after a short fine-tune (budget.py's probe)
 
     @property
     def flops_kept(self) -> float:
