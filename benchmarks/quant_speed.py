@@ -394,11 +394,11 @@ def main() -> None:
         run_case(case, args, work / case.name.split()[0])
         print_case(case)
     print("\n## slimkit KL vs the best of ORT MinMax / ORT Entropy / NNCF (pp)")
-    print(f"  {'':34s} {'val head':>8s} {'mean over draws':>16s} {'draws':>5s}")
+    print(f"  {'':40s} {'val head':>8s} {'mean over draws':>16s} {'draws':>5s}")
     for case in cases:
         draws = len(case.results) - 1
         gaps = f"{best_gap(case.results['val head']):+8.2f} {best_gap(draw_means(case)):+16.2f}"
-        print(f"  {case.name:34s} {gaps} {draws:5d}")
+        print(f"  {case.name:40s} {gaps} {draws:5d}")
     if not args.no_memory and cases:
         print("\n## peak RSS growth of one quantize call (fresh process; MB, seconds)")
         for case in [cases[0], *(c for c in cases[1:] if c.name.startswith("ppocr_det"))]:
