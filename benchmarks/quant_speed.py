@@ -1,7 +1,7 @@
 """slimkit's INT8 post-training quantization next to ONNX Runtime's and NNCF's, on the same inputs.
 
 For every model (the demo's trained zoo models: cls MobileNetV2, det YOLOv3-MobileNetV1, seg UNet;
-with ``--foreign`` also two PP-OCR ONNX files from the ``rapidocr-onnxruntime`` wheel, see
+``--variants original,method1`` adds the demo's pruned models; with ``--foreign`` also two PP-OCR ONNX files from the ``rapidocr-onnxruntime`` wheel, see
 ``quant_foreign.py``):
 
 * the FP32 model is exported (zoo) and pre-processed the way ``slimkit.quant.quantize`` does it
@@ -9,7 +9,9 @@ with ``--foreign`` also two PP-OCR ONNX files from the ``rapidocr-onnxruntime`` 
 * calibration as ``slim.export_quant_model`` defaults: ``--batch-num`` (10) inputs of batch 1, the
   first ones of the evaluation set ("val head"); with ``--calib-seeds`` also random draws of
   ``--batch-num`` inputs from another split (the train split; for the foreign models, other
-  rendered images), one per seed, to show the calibration-sample variance;
+  rendered images), one per seed, to show the calibration-sample variance; a "mean over draws"
+  row, and the gap of slimkit KL to the best peer both on the val head and on that mean (one draw
+  moves a tool by up to about 1 point on the detector: the val-head gap alone is one sample);
 * columns: FP32, slimkit KL (the default: guarded range choice + bias correction), slimkit min-max
   (+ bias correction), ONNX Runtime MinMax and Entropy (its calibrators, slimkit's QDQ writer;
   "ORT Entropy" at onnxruntime's defaults, whose 128 histogram bins for 128 quantized bins leave
@@ -28,7 +30,8 @@ The last line reads ``INT8/FP32 latency ratio (mobilenetv2 224): R metric drop: 
 
     OMP_NUM_THREADS=1 python benchmarks/quant_speed.py --quick           # tiny models: a check
     python benchmarks/quant_speed.py --demo-dir demo_output --val-dir DIR \\
-        --nncf-python /work/side/quant/bin/python --foreign --calib-seeds 1,2,3
+        --nncf-python /work/side/quant/bin/python --foreign --calib-seeds 1,2,3 \\
+        --variants original,method1
 """
 
 from __future__ import annotations
@@ -134,8 +137,23 @@ def inputs_of(model: Any, dataset: Any, indices: list[int]) -> list[np.ndarray]:
     return [images.numpy() for images, _ in loader]
 
 
-def zoo_case(task: str, args: argparse.Namespace, work: Path, size: int | None = None) -> Case:
-    """A demo zoo model (trained by the demo's code when missing), its val set and calibrations."""
+def key(task: str, variant: str) -> str:
+    """``"det"`` for the original, ``"det-method1"`` for another variant: labels and work folders."""
+    return task if variant == "original" else f"{task}-{variant}"
+
+
+def zoo_case(
+    task: str,
+    args: argparse.Namespace,
+    work: Path,
+    size: int | None = None,
+    variant: str = "original",
+) -> Case | None:
+    """A demo zoo model, its val set and calibrations; None when ``variant`` was not built.
+
+    ``variant``: ``"original"`` (trained by the demo's code when missing) or the name of another
+    model the demo saved under ``DEMO/<task>/<variant>/best_model`` (e.g. ``"method1"``).
+    """
     from slimkit.demo import CONFIGS, prepare_data, train_original
     from slimkit.quant import export_onnx
     from slimkit.tasks.factory import open_split
@@ -144,13 +162,19 @@ def zoo_case(task: str, args: argparse.Namespace, work: Path, size: int | None =
     cfg = CONFIGS[task].quick() if args.quick else CONFIGS[task]
     demo = Path(args.demo_dir)
     train_ds, val_ds = prepare_data(cfg, demo / "data" / task)
-    best = train_original(cfg, train_ds, val_ds, demo / task)
+    if variant == "original":
+        best = train_original(cfg, train_ds, val_ds, demo / task)
+    else:
+        best = demo / task / variant / "best_model"
+        if not (best / "model.yml").is_file():
+            print(f"  [{task} {variant}] no model at {best}: skipped")
+            return None
     if args.val_dir and (Path(args.val_dir) / task / "val_list.txt").is_file():
         val_ds = open_split(task, Path(args.val_dir) / task, "val")
     model = load_model(best)
     if size:
         model.input_size = (size, size)  # export shape and eval transforms follow it
-    label = f"{task} {model.architecture} {'x'.join(map(str, model.input_size))}"
+    label = f"{key(task, variant)} {model.architecture} {'x'.join(map(str, model.input_size))}"
     source = export_onnx(model.net.cpu().eval(), model.example_inputs(1), work / "model.onnx")
     n = args.batch_num
     calib = {"val head": inputs_of(model, val_ds, list(range(min(n, len(val_ds)))))}
@@ -290,6 +314,10 @@ def print_case(case: Case) -> None:
     if len(seeds) > 1:
         spread = [f"{100 * np.std([r[c] for r in seeds]):16.2f}" for c in cols]
         print(f"{'std over seeds (pp)':22s} {'':7s} " + " ".join(spread))
+    means = draw_means(case)
+    if len(case.results) > 2:  # FP32 and at least two draws
+        cells = [f"{100 * means[c]:6.2f} ({100 * (means[c] - fp32):+5.1f})" for c in cols]
+        print(f"{'mean over draws':22s} {100 * fp32:7.2f} " + " ".join(f"{c:>16s}" for c in cells))
     if case.ablation:
         ablation = ", ".join(f"{k} {100 * v:.2f}" for k, v in case.ablation.items())
         print(f"  ablation (val head; -bc: no bias correction): {ablation}")
@@ -301,11 +329,20 @@ def print_case(case: Case) -> None:
         )
 
 
-def best_gap(case: Case) -> float:
-    """slimkit KL minus the best of ORT MinMax, ORT Entropy (both) and NNCF (val head), in pp."""
-    row = case.results["val head"]
-    peers = [row[c] for c in ("ort_minmax", "ort_entropy", "ort_entropy2048", "nncf") if c in row]
-    return 100 * (row["KL"] - max(peers))
+PEERS = ("ort_minmax", "ort_entropy", "ort_entropy2048", "nncf")
+
+
+def draw_means(case: Case) -> dict[str, float]:
+    """Each column's metric averaged over the calibration draws (columns every draw has)."""
+    rows = [r for k, r in case.results.items() if k != "FP32"]
+    cols = [c for c in COLUMNS if rows and all(c in r for r in rows)]
+    return {c: float(np.mean([r[c] for r in rows])) for c in cols}
+
+
+def best_gap(row: dict[str, float]) -> float:
+    """slimkit KL minus the best of ORT MinMax, ORT Entropy (both) and NNCF in ``row``, in pp."""
+    peers = [row[c] for c in PEERS if c in row]
+    return 100 * (row["KL"] - max(peers)) if peers and "KL" in row else float("nan")
 
 
 def main() -> None:
@@ -314,6 +351,9 @@ def main() -> None:
     parser.add_argument("--val-dir", default=None, help="DIR/{cls,det,seg} larger val sets")
     parser.add_argument("--out", default=None, help="work folder (default DEMO_DIR/quant_speed)")
     parser.add_argument("--tasks", default="cls,det,seg")
+    parser.add_argument(
+        "--variants", default="original", help="demo models per task, e.g. original,method1"
+    )
     parser.add_argument("--batch-num", type=int, default=10, help="calibration inputs (batch 1)")
     parser.add_argument("--calib-seeds", default="", help="e.g. 1,2,3: extra calibration draws")
     parser.add_argument("--nncf-python", default=None, help="python of an env with nncf")
@@ -343,7 +383,9 @@ def main() -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     nncf = "NNCF via " + args.nncf_python if has_nncf(args.nncf_python) else "no NNCF"
     print(f"slimkit INT8 benchmark: onnxruntime {ort.__version__}, {nncf}; load {load}")
-    cases = [zoo_case(t, args, work / t) for t in tasks]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    zoo = [zoo_case(t, args, work / key(t, v), variant=v) for t in tasks for v in variants]
+    cases = [c for c in zoo if c is not None]
     if args.foreign:
         foreign = foreign_case_list(args)
         print("foreign models: " + (", ".join(c.name for c in foreign) or "not installed, skipped"))
@@ -351,9 +393,12 @@ def main() -> None:
     for case in cases:
         run_case(case, args, work / case.name.split()[0])
         print_case(case)
-    print("\n## slimkit KL vs the best of ORT MinMax / ORT Entropy / NNCF (val head, pp)")
+    print("\n## slimkit KL vs the best of ORT MinMax / ORT Entropy / NNCF (pp)")
+    print(f"  {'':40s} {'val head':>8s} {'mean over draws':>16s} {'draws':>5s}")
     for case in cases:
-        print(f"  {case.name:34s} {best_gap(case):+6.2f}")
+        draws = len(case.results) - 1
+        gaps = f"{best_gap(case.results['val head']):+8.2f} {best_gap(draw_means(case)):+16.2f}"
+        print(f"  {case.name:40s} {gaps} {draws:5d}")
     if not args.no_memory and cases:
         print("\n## peak RSS growth of one quantize call (fresh process; MB, seconds)")
         for case in [cases[0], *(c for c in cases[1:] if c.name.startswith("ppocr_det"))]:
@@ -367,6 +412,7 @@ def main() -> None:
 def headline(args: argparse.Namespace, work: Path) -> None:
     """MobileNetV2 re-exported at 224x224: slimkit KL drop and INT8/FP32 latency ratio."""
     case = zoo_case("cls", args, work / "cls_224", size=224)
+    assert case is not None
     case.calib = {"val head": case.calib["val head"]}
     with tempfile.TemporaryDirectory() as tmp:
         int8 = slimkit_int8(case, "KL", case.calib["val head"], Path(tmp) / "kl.onnx")
