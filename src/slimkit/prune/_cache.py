@@ -373,7 +373,7 @@ class ActivationCache:
 
         with (
             replaying(self.module, self.names, state),
-            recording(self.module, names, stop, shared) as store,
+            recording(self.module, names, stop, shared, needed) as store,
         ):
             for first, sizes, entry in self._batches():
                 state.entry = entry
