@@ -365,9 +365,9 @@ def test_cache_levels_are_built_only_when_they_pay(
     calls: list[str] = []
     needed = _cache.ActivationCache._needed
 
-    def spy(self: _cache.ActivationCache, names: list[str], stop: str) -> object:
+    def spy(self: _cache.ActivationCache, names: list[str], stop: str, *base: object) -> object:
         calls.append(stop)
-        return needed(self, names, stop)
+        return needed(self, names, stop, *base)
 
     monkeypatch.setattr(_cache.ActivationCache, "_needed", spy)
     model = randomize_bn(TinyClassifier())
@@ -379,6 +379,42 @@ def test_cache_levels_are_built_only_when_they_pay(
     assert calls == []  # one evaluation per level cannot repay building it
     analyze(model, make_data(model, batches=8))
     assert calls  # 8 batches x 3 ratios do
+
+
+@pytest.mark.parametrize("cap_mb", [1024, 0.05])
+def test_later_levels_are_recorded_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch, even_clock: None, cap_mb: float
+) -> None:
+    """A UNet with concatenated skips: the levels of every later group's cut are recorded
+    with the first one in one pass (as far as the memory cap allows), and entered in turn;
+    the numbers stay the naive loop's."""
+    from slimkit.models import create_model
+    from slimkit.prune import _cache
+
+    passes: list[int] = []
+    entered: list[float] = []
+    record, enter = _cache.ActivationCache._record, _cache.ActivationCache._enter
+
+    def spy_record(self: _cache.ActivationCache, levels: list) -> None:
+        passes.append(len(levels))
+        record(self, levels)
+
+    def spy_enter(self: _cache.ActivationCache, level: object) -> None:
+        entered.append(level.cut)  # type: ignore[attr-defined]
+        enter(self, level)
+
+    monkeypatch.setattr(_cache.ActivationCache, "_record", spy_record)
+    monkeypatch.setattr(_cache.ActivationCache, "_enter", spy_enter)
+    model = randomize_bn(create_model("unet", num_classes=3, base_channels=4, depth=2))
+    data = make_data(model, batches=6, size=16)
+    fast = analyze(model, data, cache_memory_mb=cap_mb)
+    assert_same(fast, analyze(model, data, fast=False))
+    assert len(entered) == len(set(entered)) >= 5  # levels only move forward
+    if cap_mb > 1:
+        assert passes == [len(entered)]  # one recording pass for every level
+    else:
+        assert passes[0] < len(entered)  # the cap splits them: fewer levels a pass
+        assert len(passes) > 1
 
 
 class FixedWidth(nn.Module):

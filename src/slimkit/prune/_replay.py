@@ -206,9 +206,7 @@ def recording(
             store[name] = clone_tree(output)
             return
         leaves, spec = pytree.tree_flatten(output)
-        store[name] = pytree.tree_unflatten(
-            [kept(name, j, x) for j, x in enumerate(leaves)], spec
-        )
+        store[name] = pytree.tree_unflatten([kept(name, j, x) for j, x in enumerate(leaves)], spec)
 
     def halt(_m: nn.Module, _args: Any) -> None:
         raise Stop
