@@ -1,5 +1,5 @@
-"""The activation cache's levels and read tracking: later levels recorded in one pass, leaves
-read only by code whose results are dropped not kept; the numbers stay the naive loop's."""
+"""The activation cache's levels and read tracking: later levels recorded in one pass, writes
+through views seen; the numbers stay the naive loop's."""
 
 from __future__ import annotations
 
@@ -56,51 +56,3 @@ def test_the_read_tracker_sees_writes_through_views() -> None:
         c.mul_(3.0)  # a write to a new tensor
     assert tracker.written == {("a", 0)}
     assert tracker.read == {("a", 0), ("b", 0)}
-
-
-def test_the_read_tracker_follows_what_reaches_the_output() -> None:
-    from slimkit.prune._replay import ReadTracker
-
-    a, b, c, d = (torch.ones(2, 4) for _ in range(4))
-    keys = {"a": a, "b": b, "c": c, "d": d}
-    tracker = ReadTracker({id(t): (k, 0) for k, t in keys.items()}, keys.values())
-    with tracker:
-        dropped = a * 2  # read, but nothing the output depends on
-        out = b + 1
-        out[:, :1] = c[:, :1]  # written into the output, through a view of c
-        if bool(d.sum() > 0):  # a value Python reads: the output depends on it
-            out = out * 1.0
-        assert dropped.shape[0] + a.dim() == 4  # the shape of a is not its values
-    assert tracker.read == {(k, 0) for k in keys}
-    assert tracker.live(out) == {("b", 0), ("c", 0), ("d", 0)}
-
-
-def test_inputs_of_replayed_modules_only_are_not_kept(
-    monkeypatch: pytest.MonkeyPatch, even_clock: None
-) -> None:
-    """UNet's bilinear decoder interpolates the deeper map, then a 1x1 conv (``up``) and a
-    concat with the skip: at the cuts inside a decoder level, ``up`` is replayed, so the map it
-    interpolates is not kept and the interpolation runs on a placeholder; the numbers stay the
-    naive loop's."""
-    import torch.nn.functional as F
-
-    from slimkit.models import create_model
-    from slimkit.prune import _replay
-
-    real = []
-    interpolate = F.interpolate
-
-    def counting(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        real.append(not x.is_meta)
-        return interpolate(x, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(F, "interpolate", counting)
-    model = randomize_bn(create_model("unet", num_classes=3, base_channels=4, depth=2))
-    data = make_data(model, batches=6, size=16)
-    fast = analyze(model, data)
-    assert_same(fast, analyze(model, data, fast=False))
-    assert not all(real)  # run on placeholders
-    monkeypatch.setattr(_replay.ReadTracker, "live", lambda self, out: set(self.read))
-    real_then = len(real) - sum(real)
-    assert_same(analyze(model, data), fast)  # every leaf read kept: the same numbers ...
-    assert len(real) - sum(real) == real_then  # ... and no placeholder interpolated

@@ -326,29 +326,20 @@ class ActivationCache:
         returned = {
             tracker.watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in tracker.watched
         }
-        copies = tracker.written | returned  # written in place, or handed to the metric
-        live = tracker.live(out) | returned
-        for needed in [live, tracker.read | returned] if live != tracker.read else [live]:
-            probe = Entry(
-                freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
-            )
-            if self._replays(names, probe):
-                return Level(self.order[stop][0], names, stop, needed, probe, copies)
-        return None
-
-    def _replays(self, names: list[str], probe: Entry) -> bool:
-        """Whether replaying ``names`` from ``probe`` gives the small probe's output, bit for
-        bit (no placeholder in it, none used where its values count)."""
+        needed = tracker.read | returned
+        probe = Entry(
+            freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
+        )
         state = Replay()
         state.entry = probe
         try:
             with replaying(self.module, names, state):
-                out = call(self.module, state.inputs())
-            leaves = pytree.tree_leaves(out)
-            real = not any(isinstance(t, torch.Tensor) and t.is_meta for t in leaves)
-            return real and same_outputs(out, self.small_output)
+                same = same_outputs(call(self.module, state.inputs()), self.small_output)
         except Exception:  # a placeholder was used after all: do not cache at this level
-            return False
+            return None
+        cut = self.order[stop][0]
+        # copies: the leaves written in place, or handed to the metric
+        return Level(cut, names, stop, needed, probe, tracker.written | returned) if same else None
 
     def _level(self, cut: float, base: Level | None = None) -> Level | None:
         return self._needed(self._replaceable(cut), self._stop(cut), base)

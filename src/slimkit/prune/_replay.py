@@ -223,22 +223,9 @@ def recording(
             handle.remove()
 
 
-# torch functions whose non-tensor results only describe a tensor (valid on a meta placeholder)
-_METADATA = frozenset(
-    {"__get__", "__len__", "dim", "element_size", "get_device", "is_complex", "is_contiguous"}
-    | {"is_floating_point", "ndimension", "nelement", "numel", "size", "storage_offset", "stride"}
-)
-
-
 class ReadTracker(TorchFunctionMode):
     """Notes which watched tensors any torch function (or tensor method / attribute) receives,
-    and which it writes in place (in-place methods, ``out=``, item assignment), views included.
-
-    It also follows what each result is computed from (``taint``, per storage): :meth:`live`
-    says which watched tensors the output, or a value Python read (``item``, ``bool``, ...),
-    depends on. A watched tensor that is read only by code whose results are dropped (e.g. the
-    input of a replayed module, which returns its cached output) is not live.
-    """
+    and which it writes in place (in-place methods, ``out=``, item assignment), views included."""
 
     def __init__(self, watched: dict[int, tuple[str, int]], tensors: Iterable[Any]) -> None:
         super().__init__()
@@ -246,27 +233,20 @@ class ReadTracker(TorchFunctionMode):
         self.read: set[tuple[str, int]] = set()
         self.written: set[tuple[str, int]] = set()
         self.storages: dict[int, set[tuple[str, int]]] = {}
-        self.escaped: set[tuple[str, int]] = set()  # reached Python as a value
         for t in tensors:
             self.storages.setdefault(_storage(t), set()).add(watched[id(t)])
-        self.taint = {ptr: set(keys) for ptr, keys in self.storages.items()}
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        source: set[tuple[str, int]] = set()
         for leaf in pytree.tree_leaves((args, kwargs)):
             key = self.watched.get(id(leaf))
             if key is not None:
                 self.read.add(key)
-            if isinstance(leaf, torch.Tensor):
-                source |= self.taint.get(_storage(leaf), set())
         name = getattr(func, "__name__", "")
         in_place = name.endswith("_") and not name.endswith("__")
-        targets = pytree.tree_leaves(kwargs.get("out"))
         if in_place or name == "__setitem__" or name.startswith("__i"):
-            targets += list(args[:1])
-        targets = [t for t in targets if isinstance(t, torch.Tensor)]
-        self._wrote(targets)
+            self._wrote(args[:1])
+        self._wrote(pytree.tree_leaves(kwargs.get("out")))
         out = func(*args, **kwargs)
         for t in pytree.tree_leaves(out):  # views of watched tensors are watched too
             if isinstance(t, torch.Tensor) and id(t) not in self.watched:
@@ -274,25 +254,7 @@ class ReadTracker(TorchFunctionMode):
                 if keys:
                     self.watched[id(t)] = next(iter(keys))
                     self.storages[_storage(t)] = keys
-        if source:
-            self._taint(source, [*targets, *pytree.tree_leaves(out)], name)
         return out
-
-    def _taint(self, source: set[tuple[str, int]], results: list[Any], name: str) -> None:
-        for t in results:
-            if isinstance(t, torch.Tensor):
-                ptr = _storage(t)
-                self.taint[ptr] = self.taint.get(ptr, set()) | source
-            elif name not in _METADATA:
-                self.escaped |= source
-
-    def live(self, output: Any) -> set[tuple[str, int]]:
-        """The watched tensors ``output`` or a value Python read depends on."""
-        found = set(self.escaped)
-        for t in pytree.tree_leaves(output):
-            if isinstance(t, torch.Tensor):
-                found |= self.taint.get(_storage(t), set())
-        return found
 
     def _wrote(self, tensors: Iterable[Any]) -> None:
         for t in tensors:
