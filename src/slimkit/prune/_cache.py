@@ -20,13 +20,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ._levels import Chunk, Level, bytes_per_sample, record_levels
 from ._replay import (
     Entry,
     ReadTracker,
@@ -58,15 +58,7 @@ MERGE_CHECK_SHARE = 0.02  # most share of the planned work the merge check may c
 MERGE_MIN_SPEEDUP = 0.9  # merged batches must take at most this share of the separate time
 LEVEL_FORWARDS = 3  # probe forward passes that building a cache level costs besides the segment
 PROBE_SAMPLES = 2  # samples of batch 0 that find what later code reads at a new level
-
-
-@dataclass
-class _Chunk:
-    """Consecutive user batches evaluated as one, and their entry at the current cache level."""
-
-    first: int  # index of its first user batch
-    sizes: list[int]  # the sizes of its user batches (one: not merged)
-    entry: Entry
+AHEAD_SHARE = 0.75  # most share of the memory cap the levels recorded together may need
 
 
 class ActivationCache:
@@ -82,7 +74,9 @@ class ActivationCache:
     out without the dropped channels of the member they belong to (found on batch 0, bit for bit,
     per group). Levels only move forward: groups come sorted by cut, each level is built from the
     previous one, stopping the forward pass at the cut, and only when the time it saves exceeds
-    what it costs. ``evaluate`` takes the model already pruned in place (``GroupSet.pruned``).
+    what it costs; the levels of the later cuts are recorded in the same pass where they fit in
+    the memory cap (:mod:`._levels`). ``evaluate`` takes the model already pruned in place
+    (``GroupSet.pruned``).
     """
 
     def __init__(
@@ -101,7 +95,7 @@ class ActivationCache:
         self.sizes: list[int] = []
         self.batch_times: list[float] = []
         self.targets: list[Any] = []
-        self.chunks: list[_Chunk] = []
+        self.chunks: list[Chunk] = []
         self.cut: float = 0.0  # the current level: the cut whose prefix is cached
         self.names: list[str] = []  # the submodules replayed at this level
         self.failed: set[float] = set()  # cuts whose level could not be built
@@ -112,7 +106,7 @@ class ActivationCache:
         self.uncached: set[str] = set()
         self.merged = False
         self.copies: set[tuple[str, int]] | None = None  # replayed leaves that need a copy
-        self.next_copies: set[tuple[str, int]] | None = None
+        self.ahead: list[Level] = []  # levels of later cuts, recorded with the current one
         with torch.inference_mode():
             self.baseline = self._first_pass()
         self.small, self.small_output = self._small_probe()
@@ -138,7 +132,7 @@ class ActivationCache:
                     done()
                 used += nbytes(inputs)
                 if used <= self.cap_bytes and len(self.chunks) == i:
-                    self.chunks.append(_Chunk(i, [batch_size(inputs) or 1], Entry(inputs, {})))
+                    self.chunks.append(Chunk(i, [batch_size(inputs) or 1], Entry(inputs, {})))
                 self.sizes.append(batch_size(inputs) or 1)
                 outputs.append(out)
                 self.targets.append(target)
@@ -270,15 +264,16 @@ class ActivationCache:
                 return  # leave every batch as it is
             sizes = [s for c in part for s in c.sizes]
             chunks.append(
-                _Chunk(
+                Chunk(
                     part[0].first, sizes, Entry(merged, {}) if merged is not None else part[0].entry
                 )
             )
         self.chunks, self.merged = chunks, True
 
-    def _pays(self, cut: float) -> bool:
-        """Whether moving the cache to ``cut`` saves more than building the level costs."""
-        gained = self._prefix(cut) - self._prefix(self.cut)
+    def _pays(self, cut: float, base: float | None = None) -> bool:
+        """Whether moving the cache to ``cut`` (from ``base``, default the current level's cut)
+        saves more than building the level costs."""
+        gained = self._prefix(cut) - self._prefix(self.cut if base is None else base)
         cached = sum(self.batch_times[: self._covered()])
         evals = 1 + sum(n for g, n in self.remaining.items() if self.cuts.get(g, 0) >= cut)
         share = (batch_size(self.small) or 1) / max(self.sizes[0], 1)
@@ -305,14 +300,15 @@ class ActivationCache:
         ok = {n for n, (_, end, calls) in self.order.items() if n and calls == 1 and end < cut}
         return sorted(n for n in ok if not any(a in ok for a in ancestors(n)))
 
-    def _needed(self, names: list[str], stop: str) -> tuple[set[tuple[str, int]], Entry] | None:
-        """Leaves of the inputs and of the outputs of ``names`` read after those modules (on the
-        small probe), and the probe's entry at that level; ``None`` if replaying only those
-        leaves does not reproduce the full output."""
-        state = Replay()  # batch 0 through the current level, up to the new cut
-        state.entry = self.probe
+    def _needed(self, names: list[str], stop: str, base: Level | None = None) -> Level | None:
+        """The level of the cut at ``stop``, replaying ``names``: the leaves of the inputs and
+        of their outputs read after those modules (on the small probe, run from the ``base``
+        level, default the current one), the probe's entry and the leaves that need a copy;
+        ``None`` if replaying only those leaves does not reproduce the full output."""
+        state = Replay()  # the small probe through the base level, up to the new cut
+        state.entry = self.probe if base is None else base.probe
         with (
-            replaying(self.module, self.names, state),
+            replaying(self.module, self.names if base is None else base.names, state),
             recording(self.module, names, stop) as rec0,
             contextlib.suppress(Stop),
         ):
@@ -331,7 +327,6 @@ class ActivationCache:
             tracker.watched[id(t)] for t in pytree.tree_leaves(out) if id(t) in tracker.watched
         }
         needed = tracker.read | returned
-        self.next_copies = tracker.written | returned  # written in place, or handed to the metric
         probe = Entry(
             freeze("", self.small, needed), {n: freeze(n, rec0[n], needed) for n in names}
         )
@@ -342,59 +337,78 @@ class ActivationCache:
                 same = same_outputs(call(self.module, state.inputs()), self.small_output)
         except Exception:  # a placeholder was used after all: do not cache at this level
             return None
-        return (needed, probe) if same else None
+        cut = self.order[stop][0]
+        # copies: the leaves written in place, or handed to the metric
+        return Level(cut, names, stop, needed, probe, tracker.written | returned) if same else None
+
+    def _level(self, cut: float, base: Level | None = None) -> Level | None:
+        return self._needed(self._replaceable(cut), self._stop(cut), base)
 
     def _advance(self, cut: float) -> None:
-        """Move the cache to the level of ``cut`` when that is safe and pays."""
-        if cut <= self.cut or cut in self.failed or not self._pays(cut):
+        """Move the cache to the level of ``cut`` when that is safe and pays: to a level
+        recorded ahead, or record it, with the levels of later groups' cuts in the same pass."""
+        if cut <= self.cut or cut in self.failed:
             return
-        names = self._replaceable(cut)
-        stop = next(n for n, (start, _, _) in self.order.items() if start == cut)
-        found = self._needed(names, stop)
-        if found is None:
+        while self.ahead and self.ahead[0].cut < cut:
+            self.ahead.pop(0)  # its groups were evaluated in full
+        if self.ahead and self.ahead[0].cut == cut:
+            self._enter(self.ahead.pop(0))
+            return
+        self.ahead = []
+        if not self._pays(cut):
+            return
+        first = self._level(cut)
+        if first is None:
             self.failed.add(cut)
             warnings.warn(
-                f"cannot replay the modules before {stop!r}; evaluating more of the model",
+                f"cannot replay the modules before {self._stop(cut)!r}; evaluating more of the "
+                "model",
                 stacklevel=3,
             )
             return
-        needed, probe = found
-        # the level being replaced is not read again: replay it without copies, and keep its
-        # tensors that no later code writes to in the new level as they are
-        state, chunks, used = Replay(copies=set()), list[_Chunk](), 0
-        copies, old = self.copies, set(self.names)
+        self._record(self._plan(first))
 
-        def shared(name: str, j: int, leaf: Any) -> bool:
-            entry = state.entry
-            if name not in old or copies is None or (name, j) in copies or entry is None:
-                return False
-            cached = entry.outputs[name] if entry.outputs is not None else None
-            return cached is not None and leaf is pytree.tree_leaves(cached)[j]
+    def _stop(self, cut: float) -> str:
+        return next(n for n, (start, _, _) in self.order.items() if start == cut)
 
-        with (
-            replaying(self.module, self.names, state),
-            recording(self.module, names, stop, shared) as store,
-        ):
-            for first, sizes, entry in self._batches():
-                state.entry = entry
-                store.clear()
-                with contextlib.suppress(Stop):
-                    call(self.module, state.inputs())
-                if any(n not in store for n in names):  # data-dependent control flow
-                    break
-                new = Entry(
-                    freeze("", entry.inputs, needed),
-                    {n: freeze(n, store[n], needed) for n in names},
-                )
-                used += nbytes(new.inputs) + nbytes(new.outputs)
-                if used > self.cap_bytes:
-                    break
-                if len(chunks) < len(self.chunks):  # free the previous level as the new one grows
-                    self.chunks[len(chunks)].entry = new
-                chunks.append(_Chunk(first, sizes, new))
-        self.chunks = chunks
-        self.names, self.cut, self.probe = names, cut, probe
-        self.copies = self.next_copies
+    def _plan(self, first: Level) -> list[Level]:
+        """``first`` and the levels of the later cuts that pay, recorded in one pass while
+        their leaves (estimated on the probe) fit in the memory cap."""
+        later = {
+            c
+            for g, c in self.cuts.items()
+            if c > first.cut and self.remaining.get(g, 0) > 0 and g not in self.uncached
+        }
+        levels, per_sample = [first], bytes_per_sample(first, self.small)
+        samples = sum(self.sizes[: self._covered()])
+        for cut in sorted(later - self.failed):
+            if not self._pays(cut, levels[-1].cut):
+                continue
+            level = self._level(cut, levels[-1])
+            if level is None:
+                break  # tried again, and warned about, once the groups get there
+            more = {**per_sample, **bytes_per_sample(level, self.small)}
+            if sum(more.values()) * samples > AHEAD_SHARE * self.cap_bytes:
+                break
+            levels.append(level)
+            per_sample = more
+        return levels
+
+    def _record(self, levels: list[Level]) -> None:
+        """Record the levels in one pass from the current one, and move to the first."""
+        record_levels(
+            self.module,
+            levels,
+            (self.names, self.copies, self.chunks),
+            self._batches(),
+            self.cap_bytes,
+        )
+        self.ahead = levels[1:]
+        self._enter(levels[0])
+
+    def _enter(self, level: Level) -> None:
+        self.chunks, self.names, self.cut = level.chunks, level.names, level.cut
+        self.probe, self.copies = level.probe, level.copies
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, pruned: nn.Module, group: str, drop: Sequence[int] = ()) -> float:

@@ -188,18 +188,25 @@ def recording(
     names: Iterable[str],
     stop: str | None,
     shared: Callable[[str, int, Any], bool] | None = None,
+    needed: set[tuple[str, int]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Collect copies of the named submodules' outputs (not of the leaves ``shared(name, leaf
-    index, leaf)`` says may be kept as they are); raise :class:`Stop` as ``stop`` starts."""
+    index, leaf)`` says may be kept as they are; tensor leaves not in ``needed``, when given,
+    become meta placeholders, as :func:`freeze` makes them, without a copy); raise
+    :class:`Stop` as ``stop`` starts."""
     store: dict[str, Any] = {}
 
+    def kept(name: str, j: int, leaf: Any) -> Any:
+        if needed is not None and isinstance(leaf, torch.Tensor) and (name, j) not in needed:
+            return leaf.to("meta")
+        return leaf if shared is not None and shared(name, j, leaf) else _clone(leaf)
+
     def keep(name: str, _m: nn.Module, _args: Any, output: Any) -> None:
-        if shared is None:
+        if shared is None and needed is None:
             store[name] = clone_tree(output)
             return
         leaves, spec = pytree.tree_flatten(output)
-        leaves = [x if shared(name, j, x) else _clone(x) for j, x in enumerate(leaves)]
-        store[name] = pytree.tree_unflatten(leaves, spec)
+        store[name] = pytree.tree_unflatten([kept(name, j, x) for j, x in enumerate(leaves)], spec)
 
     def halt(_m: nn.Module, _args: Any) -> None:
         raise Stop
