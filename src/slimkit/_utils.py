@@ -47,6 +47,25 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """torch's CPU random generator seeded ``seed`` inside the block; the caller's state after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def swapped(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """``obj.<name>`` is ``value`` inside the block and what it was after it (errors included)."""
+    previous = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, previous)
+
+
 def call_module(module: nn.Module, inputs: Any) -> Any:
     """Run ``module`` on its inputs, as every slimkit API takes them.
 

@@ -30,6 +30,13 @@ from slimkit.tasks.logging import log
 from slimkit.tasks.modeldir import read_model_yml
 from slimkit.tasks.pruning import check_budget
 
+DEFAULT_BUDGET = 0.10  # eval_metric_loss of methods 1 and 2, as in the seeds
+
+
+def budget_suffix(eval_metric_loss: float) -> str:
+    """``""`` at the default budget, else ``_loss<budget>``: the outputs of a run at that budget."""
+    return "" if eval_metric_loss == DEFAULT_BUDGET else f"_loss{eval_metric_loss:g}"
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -51,15 +58,14 @@ class DemoConfig:
     pretrain_weights: str | None = None
     analysis_batch_size: int = 25
     loss_cap: float = 1.0
-    eval_metric_loss: float = 0.10
+    eval_metric_loss: float = DEFAULT_BUDGET
     quant_batches: int = 10
     ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
     @property
     def suffix(self) -> str:
-        """``""`` at the default budget, else ``_loss<budget>``: the outputs of this budget."""
-        default = DemoConfig.__dataclass_fields__["eval_metric_loss"].default
-        return "" if self.eval_metric_loss == default else f"_loss{self.eval_metric_loss:g}"
+        """The name suffix of this config's pruned outputs (see :func:`budget_suffix`)."""
+        return budget_suffix(self.eval_metric_loss)
 
     def quick(self) -> DemoConfig:
         """A tiny variant (same architecture and width, so DEFAULT sensitivities still apply)."""
@@ -396,6 +402,6 @@ def run_demo(
         "eval_metric_loss": {t: c.eval_metric_loss for t, c in configs.items()},
         "pruning": {t: pruning_summary(r, configs[t].eval_metric_loss) for t, r in results.items()},
     }
-    suffix = {c.suffix for c in configs.values()}.pop() if configs else ""
+    suffix = budget_suffix(DEFAULT_BUDGET if eval_metric_loss is None else eval_metric_loss)
     (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     return results

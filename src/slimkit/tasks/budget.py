@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._utils import eval_mode
+from slimkit._utils import eval_mode, seeded, swapped
 from slimkit.tasks.probe import ProbeFn
 from slimkit.tasks.pruning import (
     DEFAULT,
@@ -81,11 +81,8 @@ def evaluator(task: Any, eval_dataset: Any) -> EvaluateFn:
     """``task.evaluate(eval_dataset)`` of another net, put in ``task.net`` meanwhile (restored)."""
 
     def evaluate(net: nn.Module) -> dict[str, float]:
-        previous, task.net = task.net, net
-        try:
+        with swapped(task, "net", net):
             return dict(task.evaluate(eval_dataset))
-        finally:
-            task.net = previous
 
     return evaluate
 
@@ -111,8 +108,7 @@ def adaptive_bn(
     def recalibrate(net: nn.Module) -> None:
         if not kept:
             # a fixed draw (shuffle, augmentation) that leaves the caller's random state as it was
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
+            with seeded(0):
                 for inputs, _ in batches:
                     kept.append(inputs)
                     if sum(len(t) for t in kept) >= images:

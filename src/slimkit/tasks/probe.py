@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit._utils import seeded, swapped
 from slimkit.tasks.optim import build_optimizer
 
 ProbeFn = Callable[[nn.Module], None]
@@ -52,10 +53,8 @@ def short_finetune(
         total = max(1, min(steps, len(loader)))
         opt, sched = build_optimizer(net, optimizer, learning_rate, weight_decay, total)
         device = next(net.parameters()).device
-        previous, task.net = task.net, net
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
+            with swapped(task, "net", net), seeded(0):
                 net.train()
                 for images, targets in itertools.islice(loader, total):
                     loss = task.compute_loss(net(images.to(device)), targets)
@@ -67,6 +66,5 @@ def short_finetune(
                     sched.step()
         finally:
             net.eval()
-            task.net = previous
 
     return probe
