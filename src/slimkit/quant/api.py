@@ -408,10 +408,14 @@ def _ort_ranges(
 def _latencies(
     fp32_path: Path, int8_path: Path, batch: Any, input_names: list[str]
 ) -> dict[str, float]:
-    """Median ORT CPU latency (ms, 1 thread) of both models, interleaved over three rounds.
+    """ORT CPU latency (ms, 1 thread) of both models: the fastest of five interleaved rounds'
+    medians, after three warm-up runs each.
 
-    Each round runs a model at most five times and stops after 0.3 s of it, so a large model
-    costs about two seconds in all.
+    Each round runs a model at most five times and stops after 0.2 s of it, so a large model
+    costs about three seconds in all. The best round, not the pooled median, is compared: other
+    work on the machine only ever adds time, and a busy spell that hits one model's runs (this
+    check once found the pruned detector's INT8 graph "slower", 1.09 vs 0.93 ms, that a
+    benchmark a minute later timed at 0.66 vs 0.77 ms) must not decide what is shipped.
     """
     import time
 
@@ -420,20 +424,24 @@ def _latencies(
     sessions = {"fp32": make_session(fp32_path, threads=1), "int8": make_session(int8_path, 1)}
     dims = {i.name: (i.shape[0] if i.shape else None) for i in sessions["fp32"].get_inputs()}
     feed = next(split_feed(to_feed(batch, input_names), dims))
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(3):
-        for key, session in sessions.items():
-            session.run(None, feed)  # warm-up
-            spent = 0.0
+    for session in sessions.values():
+        for _ in range(3):  # first runs allocate and pre-pack
+            session.run(None, feed)
+    best = dict.fromkeys(sessions, float("inf"))
+    for round_ in range(5):
+        keys = list(sessions) if round_ % 2 == 0 else list(reversed(sessions))
+        for key in keys:
+            times, spent = [], 0.0
             for _ in range(5):
                 start = time.perf_counter()
-                session.run(None, feed)
+                sessions[key].run(None, feed)
                 took = time.perf_counter() - start
-                times[key].append(1e3 * took)
+                times.append(1e3 * took)
                 spent += took
-                if spent > 0.3:
+                if spent > 0.2:
                     break
-    return {k: float(np.median(v)) for k, v in times.items()}
+            best[key] = min(best[key], float(np.median(times)))
+    return best
 
 
 def _write(
@@ -458,6 +466,7 @@ def _write(
         reduce_range=config.reduce_range,
         op_types=op_types,
         extra_options=config.extra,
+        align_channels=config.align_channels,
     )
 
 

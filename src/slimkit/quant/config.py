@@ -53,6 +53,9 @@ class QuantConfig:
         activation_type: ``"uint8"`` (zero-point 0 on non-negative tensors, 128 on signed
             ones; fastest on x86 CPUs) or ``"int8"``. Weights are always int8, symmetric.
         reduce_range: 7-bit weights, for x86 CPUs without VNNI that can saturate in u8s8 dot products.
+        align_channels: Pad the input channels of convs such as an RGB stem (3 channels) to a
+            multiple of 4 in the INT8 graph (`slimkit.quant.align`), so that onnxruntime runs them
+            on its symmetric int8 kernels instead of its generic path; exact (same outputs).
         exclude: ONNX node names (or fnmatch patterns such as ``"/head/*"``) kept in FP32.
         op_types: ONNX op types to quantize; empty means every type onnxruntime supports.
         max_metric_drop: Accuracy budget: keep the most harmful nodes in FP32 until
@@ -77,6 +80,7 @@ class QuantConfig:
     per_channel: bool = True
     activation_type: str = "uint8"
     reduce_range: bool = False
+    align_channels: bool = True
     exclude: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
     max_metric_drop: float | None = None

@@ -205,6 +205,7 @@ def write_qdq_model(
     op_types: Sequence[str] = (),
     extra_options: dict[str, Any] | None = None,
     use_cache_api: bool | None = None,
+    align_channels: bool = True,
 ) -> list[str]:
     """Quantize ``fp32_path`` to a QDQ model at ``out_path`` with precomputed activation ranges.
 
@@ -220,6 +221,8 @@ def write_qdq_model(
         extra_options: Extra onnxruntime quantizer options.
         use_cache_api: Inject ranges through ``calibration_cache_path`` (True) or the
             ``QDQQuantizer`` (False); None picks the former when onnxruntime has it.
+        align_channels: Pad convs' input channels to a multiple of 4 where that moves them to
+            onnxruntime's fast int8 kernels (`align.align_conv_channels`; same outputs).
 
     Returns:
         The names of the nodes that were quantized.
@@ -265,6 +268,8 @@ def write_qdq_model(
         names = _check_quantized(
             staged, fp32_path, kwargs["op_types_to_quantize"], kwargs["nodes_to_exclude"]
         )
+        if align_channels:
+            _align(staged)
         _check_loads(staged, fp32_path)
         os.replace(staged, out_path)
     return names
@@ -301,6 +306,18 @@ def _keep_excluded_float(path: str | Path, nodes: Sequence[str]) -> None:
 
     model = onnx.load(str(path))
     if float_output_edges(model, nodes):
+        onnx.save(model, str(path))
+
+
+def _align(path: Path) -> None:
+    import onnx
+
+    from .align import align_conv_channels
+
+    model = onnx.load(str(path))
+    changed = align_conv_channels(model)
+    if changed:
+        log.info("input channels padded to a multiple of 4 (fast int8 kernels): %s", changed)
         onnx.save(model, str(path))
 
 
