@@ -277,6 +277,7 @@ def cmd_analyze(a: argparse.Namespace) -> None:
         loss_cap=a.loss_cap,
         restart=a.restart,
         criterion=a.criterion,
+        exact=a.exact,
     )
     if is_main():
         print(f"sensitivities written to {a.save_file}")
@@ -506,6 +507,11 @@ def _add_pruning(sub: Subparsers) -> None:
     an.add_argument("--loss-cap", type=_float(0.0, low_open=True), default=1.0)
     an.add_argument("--criterion", choices=list(CRITERIA), default="l1")
     an.add_argument("--restart", action="store_true", help="discard a mismatching save file")
+    an.add_argument(
+        "--exact",
+        action="store_true",
+        help="numbers bit for bit the reference loop's (no channels-last batches)",
+    )
 
     mg = _add(sub, "merge", cmd_merge, "merge sensitivity files computed on disjoint groups")
     mg.add_argument("files", nargs="+")

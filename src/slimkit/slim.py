@@ -49,10 +49,13 @@ def analysis(
     restart: bool = False,
     criterion: str = "l1",
     progress: bool = True,
+    exact: bool = False,
 ) -> dict[str, dict[float, float | None]]:
     """Sensitivity of every prunable group of a trained zoo model on ``dataset`` (its eval metric).
 
     Writes ``save_file`` after every point; re-running resumes it. Returns ``{group: {ratio: loss}}``.
+    ``exact=True`` keeps the numbers bit for bit those of the reference loop (see
+    `slimkit.prune.analyze_sensitivity`).
     """
     # torch-pruning is heavy: slimkit.prune loads when a slim function runs, not on `import slimkit`
     from slimkit.prune import analyze_sensitivity
@@ -74,6 +77,7 @@ def analysis(
         restart=restart,
         criterion=criterion,
         progress=progress,
+        exact=exact,
         metric_name=model.metric_name,
         architecture=model.sensitivity_key,
         example_inputs=model.example_inputs(),

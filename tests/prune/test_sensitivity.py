@@ -64,8 +64,9 @@ def test_fast_path_skips_the_shared_prefix(even_clock: None) -> None:
     naive = analyze(model, data, groups=later, fast=False)
     assert CountedConv.calls == 8 + 8 * len(RATIOS) * len(later)  # baseline + every point
     # the stem runs for the baseline, on the small probe (twice), once more to fill the cache,
-    # and on one checked batch per group; never for the points themselves
-    assert fast_calls <= 8 + 2 + 8 + len(later), fast_calls
+    # and on one checked batch per group, plus 3 for the channels-last check (batch 0 twice,
+    # the small probe again); never for the points themselves
+    assert fast_calls <= 8 + 2 + 8 + len(later) + 3, fast_calls
     assert_same(fast, naive)
 
 
@@ -457,8 +458,9 @@ def test_a_group_s_own_layers_are_replayed_without_its_channels(even_clock: None
     CountedConv.calls = 0
     fast = analyze(model, data, groups=["stem.0"])
     # the baseline, the small probe (twice: to find what later layers read), filling the cache,
-    # and batch 0 in full for the check; never for the 3 ratios (the naive loop: 8 + 3 x 8)
-    assert CountedConv.calls == 8 + 2 + 8 + 1, CountedConv.calls
+    # and batch 0 in full for the check, plus 3 for the channels-last check (batch 0 twice, the
+    # small probe again); never for the 3 ratios (the naive loop: 8 + 3 x 8)
+    assert CountedConv.calls == 8 + 2 + 8 + 1 + 3, CountedConv.calls
     assert_same(fast, analyze(model, data, groups=["stem.0"], fast=False))
 
 

@@ -1,4 +1,4 @@
-"""Input-channel alignment of int8 convs (`slimkit.quant.align`): exact, and only where it applies."""
+"""Input-channel alignment of int8 convs (`slimkit.quant.align_conv_channels`): exact, only where it applies."""
 
 import numpy as np
 import onnx
@@ -7,8 +7,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from slimkit.quant import OrtModel, QuantConfig, quantize
-from slimkit.quant.align import align_conv_channels
+from slimkit.quant import OrtModel, QuantConfig, align_conv_channels, quantize
 from slimkit.quant.qdq import INT8_KERNEL_OPS, int8_kernel_ops
 
 

@@ -140,7 +140,7 @@ class Replay:
             return clone_tree(tree)
         leaves, spec = pytree.tree_flatten(tree)
         leaves = [
-            leaf.index_select(1, kept[j])
+            select_channels(leaf, kept[j])
             if j in kept
             else _clone(leaf)
             if self.copies is None or (name, j) in self.copies
@@ -153,6 +153,18 @@ class Replay:
         entry = self.entry
         assert entry is not None
         return entry.inputs if entry.outputs is None else self.value(entry.inputs)
+
+
+def select_channels(t: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(1, kept)`` in ``t``'s memory format (a channels-last tensor stays one:
+    a convolution reading it sums in the order it would in the full run)."""
+    if (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return t.permute(0, 2, 3, 1).index_select(3, kept).permute(0, 3, 1, 2)
+    return t.index_select(1, kept)
 
 
 def _replayed_forward(

@@ -4,6 +4,7 @@ Importing this package is light: onnx, onnxruntime and torch are imported inside
 that need them.
 """
 
+from .align import align_conv_channels as align_conv_channels
 from .api import QuantResult as QuantResult
 from .api import quantize as quantize
 from .config import QuantConfig as QuantConfig
@@ -17,6 +18,7 @@ from .ranges import percentile_threshold as percentile_threshold
 from .runtime import OrtModel as OrtModel
 
 __all__ = [
+    "align_conv_channels",
     "check_onnx_matches_torch",
     "choose_range",
     "export_onnx",
