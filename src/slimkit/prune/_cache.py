@@ -6,16 +6,16 @@ the whole validation set and replayed for every pruned model. Only modules execu
 forward are replayed; only the tensors that later code reads are kept (found by tracing one batch
 with a ``TorchFunctionMode``); one-batch comparisons with full runs guard every step.
 
-Two choices are made by measurement rather than fixed: whether moving the cache to a later cut
-saves more than it costs (from the per-module times of the first batch), and whether batches are
+Three choices are made by measurement rather than fixed: whether moving the cache to a later cut
+saves more than it costs (from the per-module times of the first batch); whether batches are
 merged into larger ones (only when the merged outputs equal the separate ones bit for bit and the
-merged forward is faster on this machine), and whether image batches run in channels-last memory
-format. PyTorch's CPU convolutions re-order NCHW tensors into a blocked layout at every call; on
-channels-last inputs they do not, which made a small UNet's forward 1.7x faster. Its convolutions
-then sum in another order, so the outputs differ by float rounding (about 1e-6 of their magnitude;
-the sensitivities by about 1e-8): the cache switches only where that is faster here and the
-outputs of batch 0 agree to ``LAYOUT_RTOL``, and never with ``exact=True``. Every bit-for-bit check
-below compares runs in the same layout.
+merged forward is faster on this machine); and, where they are not merged, whether image batches
+run in channels-last memory format. PyTorch's CPU convolutions re-order NCHW tensors into a
+blocked layout at every call; on channels-last inputs they do not, which made a small UNet's
+forward 1.7x faster. Its convolutions then sum in another order, so the outputs differ by float
+rounding (about 1e-6 of their magnitude; the sensitivities by about 1e-7): the cache switches
+only where that is faster here and the outputs of batch 0 agree to ``LAYOUT_RTOL``, and never
+with ``exact=True``. Every bit-for-bit check below compares runs in the same layout.
 """
 
 from __future__ import annotations
@@ -219,8 +219,9 @@ class ActivationCache:
         self.remaining = {g: points.get(g, 0) for g in groups}
         work = sum(n * (1 - self._prefix(self.cuts[g])) for g, n in self.remaining.items())
         with torch.inference_mode():
-            self._choose_layout(work * sum(self.batch_times))
             self._merge(work * sum(self.batch_times))
+            if not self.merged:  # merged batches are exact and fast already
+                self._choose_layout(work * sum(self.batch_times))
         return sorted(groups, key=lambda g: (self.cuts[g], g))
 
     def _cut(self, group: Any) -> float:
@@ -245,7 +246,9 @@ class ActivationCache:
 
     def _choose_layout(self, work_seconds: float) -> None:
         """Run image batches in channels-last format from now on when that is faster here and
-        batch 0's outputs agree with the ones of the first pass (see the module docstring)."""
+        batch 0's outputs agree with the ones of the first pass (see the module docstring).
+        Tried only where batches are not merged: merging is exact, and at the small inputs
+        where it pays it gained more than the layout."""
         size = max(self.sizes[0], 1)
         per_sample = statistics.median(
             t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
@@ -270,7 +273,6 @@ class ActivationCache:
             chunk.entry = Entry(to_channels_last(chunk.entry.inputs), chunk.entry.outputs)
         self.small, self.small_output = self._small_probe()
         self.probe = Entry(self.small, {})
-        self.first_outputs = []  # filled again in this layout for the merge check
 
     def _merge(self, work_seconds: float) -> None:
         """Merge cached batches into larger ones when that is exact and faster here."""
@@ -280,17 +282,10 @@ class ActivationCache:
         per_sample = statistics.median(
             t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
         )
-        if self.channels_last:  # the separate outputs are computed again in this layout
-            k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
-            k = min(k, len(self.chunks))
-        check = (3 if self.channels_last else 2) * per_sample * sum(self.sizes[:k])
+        check = 2 * per_sample * sum(self.sizes[:k])
         merged = None
         if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
             merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
-        if merged is not None and self.channels_last:
-            self.first_outputs = [
-                call(self.module, clone_tree(c.entry.inputs)) for c in self.chunks[:k]
-            ]
         expected, self.first_outputs = self.first_outputs[:k], []
         for _ in range(2 if merged is not None else 0):
             start = time.perf_counter()
