@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import statistics
 import time
 import warnings
@@ -60,8 +61,10 @@ __all__ = ["ActivationCache"]
 
 MERGE_SAMPLES = 256  # most samples in one merged batch
 MERGE_ACTIVATION_BYTES = 32 * 2**20  # most bytes of the largest module output of a merged batch
-MERGE_CHECK_SHARE = 0.02  # most share of the planned work the merge check may cost
-MERGE_MIN_SPEEDUP = 0.9  # merged batches must take at most this share of the separate time
+MERGE_CHECK_SHARE = 0.05  # most share of the planned work the merge check may cost
+# merged batches may take up to this share of the separate ones' forward time: every replayed
+# batch also costs a fixed Python overhead (hooks, cached outputs handed out) that merging saves
+MERGE_MIN_SPEEDUP = 1.1
 LEVEL_FORWARDS = 3  # probe forward passes that building a cache level costs besides the segment
 PROBE_SAMPLES = 2  # samples of batch 0 that find what later code reads at a new level
 AHEAD_SHARE = 0.75  # most share of the memory cap the levels recorded together may need
@@ -275,28 +278,39 @@ class ActivationCache:
         self.probe = Entry(self.small, {})
 
     def _merge(self, work_seconds: float) -> None:
-        """Merge cached batches into larger ones when that is exact and faster here."""
+        """Merge cached batches into larger ones when that is exact and not slower here.
+
+        The first ``k`` batches run separately and merged, in turn, twice (the same moment for
+        both: a busy spell on the machine must not decide); merging needs the merged outputs
+        equal to the separate ones bit for bit and the faster merged run within
+        ``MERGE_MIN_SPEEDUP`` of the faster separate one."""
         size = max(self.sizes[0], 1)
         k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
         k = min(k, len(self.chunks), len(self.first_outputs))
         per_sample = statistics.median(
             t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
         )
-        check = 2 * per_sample * sum(self.sizes[:k])
+        check = 4 * per_sample * sum(self.sizes[:k])
         merged = None
         if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
             merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
         expected, self.first_outputs = self.first_outputs[:k], []
-        for _ in range(2 if merged is not None else 0):
+        if merged is None:
+            return
+        separate, together = math.inf, math.inf
+        for _ in range(2):
             start = time.perf_counter()
-            out = call(self.module, merged)
-            took = time.perf_counter() - start
+            for chunk in self.chunks[:k]:  # copies: the forward may write to its inputs
+                call(self.module, clone_tree(chunk.entry.inputs))
+            separate = min(separate, time.perf_counter() - start)
+            start = time.perf_counter()
+            out = call(self.module, clone_tree(merged))
+            together = min(together, time.perf_counter() - start)
             parts = split_batches(out, self.sizes[:k])
             if parts is None or not all(map(same_outputs, parts, expected)):
                 return  # not bit for bit what the separate batches give
-            if took < MERGE_MIN_SPEEDUP * per_sample * sum(self.sizes[:k]):
-                self._merge_chunks(k)
-                return
+        if together <= MERGE_MIN_SPEEDUP * separate:
+            self._merge_chunks(k)
 
     def _merge_chunks(self, k: int) -> None:
         chunks = []
