@@ -62,8 +62,8 @@ __all__ = ["ActivationCache"]
 MERGE_SAMPLES = 256  # most samples in one merged batch
 MERGE_ACTIVATION_BYTES = 32 * 2**20  # most bytes of the largest module output of a merged batch
 MERGE_CHECK_SHARE = 0.05  # most share of the planned work the merge check may cost
-# merged batches may take up to this share of the separate ones' forward time: every replayed
-# batch also costs a fixed Python overhead (hooks, cached outputs handed out) that merging saves
+# merged batches may take up to this share of the best separate forward time (NCHW or
+# channels-last): every replayed batch also costs a fixed Python overhead that merging saves
 MERGE_MIN_SPEEDUP = 1.1
 LEVEL_FORWARDS = 3  # probe forward passes that building a cache level costs besides the segment
 PROBE_SAMPLES = 2  # samples of batch 0 that find what later code reads at a new level
@@ -278,38 +278,53 @@ class ActivationCache:
         self.probe = Entry(self.small, {})
 
     def _merge(self, work_seconds: float) -> None:
-        """Merge cached batches into larger ones when that is exact and not slower here.
+        """Merge cached batches into larger ones when that is exact and pays here.
 
-        The first ``k`` batches run separately and merged, in turn, twice (the same moment for
-        both: a busy spell on the machine must not decide); merging needs the merged outputs
-        equal to the separate ones bit for bit and the faster merged run within
-        ``MERGE_MIN_SPEEDUP`` of the faster separate one."""
+        The first ``k`` batches run separately, merged, and (for image batches, unless
+        ``exact``) separately in channels-last format, in turn, twice: the same moment for all
+        (a busy spell on the machine must not decide). Merging needs the merged outputs equal to
+        the separate ones bit for bit and the faster merged run within ``MERGE_MIN_SPEEDUP`` of
+        the faster separate one in either layout (channels-last is then tried instead, see
+        `_choose_layout`)."""
         size = max(self.sizes[0], 1)
         k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
         k = min(k, len(self.chunks), len(self.first_outputs))
         per_sample = statistics.median(
             t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
         )
-        check = 4 * per_sample * sum(self.sizes[:k])
+        layouts = not self.exact and _has_images(self.inputs0)
+        check = (6 if layouts else 4) * per_sample * sum(self.sizes[:k])
         merged = None
         if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
             merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])
         expected, self.first_outputs = self.first_outputs[:k], []
         if merged is None:
             return
-        separate, together = math.inf, math.inf
+        batches = [c.entry.inputs for c in self.chunks[:k]]
+        variants = {"separate": batches}
+        if layouts:
+            variants["channels_last"] = [to_channels_last(b) for b in batches]
+        best = dict.fromkeys([*variants, "merged"], math.inf)
         for _ in range(2):
-            start = time.perf_counter()
-            for chunk in self.chunks[:k]:  # copies: the forward may write to its inputs
-                call(self.module, clone_tree(chunk.entry.inputs))
-            separate = min(separate, time.perf_counter() - start)
+            for key, inputs in list(variants.items()):
+                start = time.perf_counter()
+                try:
+                    for x in inputs:  # copies: the forward may write to its inputs
+                        call(self.module, clone_tree(x))
+                except Exception:  # the forward pass does not take channels-last tensors
+                    if key == "separate":
+                        raise
+                    del variants[key], best[key]
+                    continue
+                best[key] = min(best[key], time.perf_counter() - start)
             start = time.perf_counter()
             out = call(self.module, clone_tree(merged))
-            together = min(together, time.perf_counter() - start)
+            best["merged"] = min(best["merged"], time.perf_counter() - start)
             parts = split_batches(out, self.sizes[:k])
             if parts is None or not all(map(same_outputs, parts, expected)):
                 return  # not bit for bit what the separate batches give
-        if together <= MERGE_MIN_SPEEDUP * separate:
+        separate = min(v for key, v in best.items() if key != "merged")
+        if best["merged"] <= MERGE_MIN_SPEEDUP * separate:
             self._merge_chunks(k)
 
     def _merge_chunks(self, k: int) -> None:
