@@ -5,9 +5,9 @@ Each row analyses one model (every prunable group at every ratio of the row) twi
 the baseline) and the fast path (one trace, every point pruned in place, cached activations of
 everything before the group's first member replayed, batches merged where that is exact and
 faster). Both must give the same numbers (to float rounding: see below). Rows: validation set
-128 / 512 / 1024 images × ratios (0.1 … 0.9) and (0.3, 0.6) × trained and random weights × MobileNetV2 ×0.5 (32 px, 4 classes)
-and UNet (base 8, depth 3, 32 px, 3 classes); plus the configuration of issue 13 (random
-MobileNetV2 ×1.0 at 64 px, 6 batches of 16, two ratios).
+128 / 512 / 1024 images × ratios (0.1 … 0.9) and (0.3, 0.6) × trained and random weights ×
+MobileNetV2 ×0.5 (32 px, 4 classes) and UNet (base 8, depth 3, 32 px, 3 classes); plus the
+configuration of issue 13 (random MobileNetV2 ×1.0 at 64 px, 6 batches of 16, two ratios).
 
 Naive and fast runs alternate (the order flips every round) and each row reports the median time
 of ``--rounds`` rounds, the fast/naive ratio and the largest absolute difference between the two

@@ -1,4 +1,4 @@
-"""Input-channel alignment of int8 convs (`slimkit.quant.align_conv_channels`): exact, only where it applies."""
+"""Input-channel alignment of int8 convs (`align_conv_channels`): exact, only where it applies."""
 
 import numpy as np
 import onnx

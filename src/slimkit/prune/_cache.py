@@ -247,17 +247,22 @@ class ActivationCache:
         total = self.clock[-1] - self.clock[0]
         return (self.clock[int(cut)] - self.clock[0]) / total if total > 0 else 0.0
 
+    def _per_sample(self) -> float:
+        """Median forward time per sample in the first pass (seconds)."""
+        return statistics.median(t / n for t, n in zip(self.batch_times, self.sizes, strict=True))
+
+    def _may_reorder(self) -> bool:
+        """Whether channels-last batches may be tried: image inputs, and not ``exact``."""
+        return not self.exact and _has_images(self.inputs0)
+
     def _choose_layout(self, work_seconds: float) -> None:
         """Run image batches in channels-last format from now on when that is faster here and
         batch 0's outputs agree with the ones of the first pass (see the module docstring).
         Tried only where batches are not merged: the merge check already compared merged
         batches with separate ones in both layouts, and merging is exact."""
-        size = max(self.sizes[0], 1)
-        per_sample = statistics.median(
-            t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
-        )
-        if self.exact or not _has_images(self.inputs0) or not self.chunks:
+        if not self._may_reorder() or not self.chunks:
             return
+        size, per_sample = max(self.sizes[0], 1), self._per_sample()
         if 2 * per_sample * size > LAYOUT_CHECK_SHARE * work_seconds:
             return  # too little work to pay for the check
         inputs = to_channels_last(self.inputs0)
@@ -289,11 +294,8 @@ class ActivationCache:
         size = max(self.sizes[0], 1)
         k = min(MERGE_SAMPLES // size, MERGE_ACTIVATION_BYTES // max(self.largest, 1))
         k = min(k, len(self.chunks), len(self.first_outputs))
-        per_sample = statistics.median(
-            t / n for t, n in zip(self.batch_times, self.sizes, strict=True)
-        )
-        layouts = not self.exact and _has_images(self.inputs0)
-        check = (6 if layouts else 4) * per_sample * sum(self.sizes[:k])
+        layouts = self._may_reorder()
+        check = (6 if layouts else 4) * self._per_sample() * sum(self.sizes[:k])
         merged = None
         if k >= 2 and check <= MERGE_CHECK_SHARE * work_seconds:
             merged = merge_batches([c.entry.inputs for c in self.chunks[:k]])

@@ -393,8 +393,8 @@ def analyze_sensitivity(
         cache_memory_mb: Memory for cached activations (on the model's device); batches beyond
             it are evaluated in full.
         fast: Trace once, prune each point in place and replay cached activations (the same
-            numbers, see ``exact``); ``False`` runs ``prune_model`` and a full evaluation for every point, as
-            PaddleSlim does.
+            numbers, see ``exact``); ``False`` runs ``prune_model`` and a full evaluation for
+            every point, as PaddleSlim does.
         exact: Keep the fast path bit for bit equal to ``fast=False``. By default it runs image
             batches in channels-last memory format where that is faster on this machine, which
             changes float rounding only (outputs agree to 1e-4 of their magnitude, checked on

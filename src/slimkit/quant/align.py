@@ -59,6 +59,7 @@ def align_conv_channels(model: onnx.ModelProto) -> list[str]:
     inserts: list[tuple[onnx.NodeProto, list[onnx.NodeProto]]] = []
     changed: list[str] = []
     stale: set[str] = set()
+    rewired: list[onnx.NodeProto] = []  # activation DQs a conv no longer reads
     for node in graph.node:
         if node.op_type != "Conv" or len(node.input) < 2:
             continue
@@ -102,13 +103,14 @@ def align_conv_channels(model: onnx.ModelProto) -> list[str]:
         ]
         inserts.append((node, new))
         stale.update((w_dq.input[0], w_dq.output[0]))
+        rewired.append(x_dq)
         node.input[0] = f"{padded}_dq"
         changed.append(node.name or node.output[0])
     for conv, new in inserts:  # before the conv: the graph stays topologically sorted
         index = list(graph.node).index(conv)
         for offset, added in enumerate(new):
             graph.node.insert(index + offset, added)
-    _drop_unused_dequantize(model)
+    _drop_unread(model, rewired)
     _drop_stale_shapes(model, stale)
     return changed
 
@@ -118,14 +120,15 @@ def _full_dq(node: onnx.NodeProto) -> bool:
     return node.op_type == "DequantizeLinear" and len(node.input) >= 3
 
 
-def _drop_unused_dequantize(model: onnx.ModelProto) -> None:
-    """Remove ``DequantizeLinear`` nodes nothing reads any more (onnxruntime would run them)."""
+def _drop_unread(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """Remove those of ``nodes`` whose output nothing reads any more (onnxruntime would run
+    them)."""
     graph = model.graph
     read = {name for node in graph.node for name in node.input}
     read.update(o.name for o in graph.output)
-    dead = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]
-    for node in dead:
-        graph.node.remove(node)
+    for node in {id(n): n for n in nodes}.values():
+        if node.output[0] not in read:
+            graph.node.remove(node)
 
 
 def _drop_stale_shapes(model: onnx.ModelProto, names: set[str]) -> None:

@@ -54,8 +54,9 @@ class QuantConfig:
             ones; fastest on x86 CPUs) or ``"int8"``. Weights are always int8, symmetric.
         reduce_range: 7-bit weights, for x86 CPUs without VNNI that can saturate in u8s8 dot products.
         align_channels: Pad the input channels of convs such as an RGB stem (3 channels) to a
-            multiple of 4 in the INT8 graph (`slimkit.quant.align_conv_channels`), so that onnxruntime runs them
-            on its symmetric int8 kernels instead of its generic path; exact (same outputs).
+            multiple of 4 in the INT8 graph (`slimkit.quant.align_conv_channels`), so that
+            onnxruntime runs them on its symmetric int8 kernels instead of its generic path;
+            exact (same outputs).
         exclude: ONNX node names (or fnmatch patterns such as ``"/head/*"``) kept in FP32.
         op_types: ONNX op types to quantize; empty means every type onnxruntime supports.
         max_metric_drop: Accuracy budget: keep the most harmful nodes in FP32 until
